@@ -1,0 +1,3 @@
+from otakit.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The ``otakit`` command line."""

@@ -1,0 +1,41 @@
+"""The ``otakit`` command: one Typer app, errors printed as one line on stderr."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+import otakit
+from otakit.cli.server import db_app, server_app
+from otakit.errors import OtakitError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="otakit: over-the-air updates for devices.", no_args_is_help=True)
+app.add_typer(server_app, name="server")
+app.add_typer(db_app, name="db")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"otakit {otakit.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """otakit: over-the-air updates for devices."""
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except OtakitError as exc:
+        print(f"otakit: error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,85 @@
+"""``otakit server`` (run it), ``otakit server fsck`` and ``otakit db upgrade``."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from otakit.errors import OtakitError
+from otakit.server.settings import ServerSettings, load_settings
+
+server_app = typer.Typer(help="Run or check the otakit server.", no_args_is_help=False)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML or JSON settings file (OTAKIT_* variables win)")
+]
+
+
+def _settings(config: Path | None, **overrides: Any) -> ServerSettings:
+    try:
+        return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+    except (FileNotFoundError, ValueError) as exc:
+        raise OtakitError(
+            str(exc).splitlines()[0] if isinstance(exc, FileNotFoundError) else str(exc)
+        ) from None
+
+
+@server_app.callback(invoke_without_command=True)
+def server(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="listen address (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="listen port (default 8000)")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the server (uvicorn) until interrupted."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import uvicorn
+
+    from otakit.server.app import create_app
+
+    settings = _settings(config, host=host, port=port)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        http="httptools",
+        proxy_headers=False,
+    )
+
+
+async def _fsck(settings: ServerSettings) -> str:
+    from otakit.server.filestore import LocalFileStore
+    from otakit.server.publish import recover
+    from otakit.server.repository import open_repository
+
+    async with open_repository(settings.database_url) as repo:
+        await repo.upgrade()
+        store = LocalFileStore(settings.files_dir)
+        store.prepare()
+        return str(await recover(repo, store))
+
+
+@server_app.command()
+def fsck(config: ConfigOption = None) -> None:
+    """Finish or undo interrupted uploads and remove leftover temporary files."""
+    typer.echo(asyncio.run(_fsck(_settings(config))))
+
+
+async def _upgrade(settings: ServerSettings) -> list[str]:
+    from otakit.server.repository import open_repository
+
+    async with open_repository(settings.database_url) as repo:
+        return await repo.upgrade()
+
+
+@db_app.command()
+def upgrade(config: ConfigOption = None) -> None:
+    """Apply the database migrations that have not run yet."""
+    applied = asyncio.run(_upgrade(_settings(config)))
+    typer.echo("applied: " + ", ".join(applied) if applied else "the database is up to date")

@@ -1,0 +1,83 @@
+"""The daemon's config file: the device, its local API, and the record of what is installed.
+
+The seed's format, read as the original project wrote it too: ``packages`` is accepted for ``package``
+and ``http`` for ``flask``; written back with the seed's names. Installed packages are content.json
+objects kept as they were received (``Content.raw``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from otakit.content import Content, describe_pydantic_error, parse_content
+from otakit.errors import ValidationError
+
+__all__ = ["ApiListen", "DeviceConfig", "parse_device_config"]
+
+
+class ApiListen(BaseModel):
+    """Where the local API listens (the seed calls this block ``flask``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=1, le=65535)
+    debug: bool = False
+
+
+class DeviceConfig(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    device: str = ""
+    description: str = ""
+    api: ApiListen = Field(default_factory=ApiListen, validation_alias=AliasChoices("flask", "http", "api"))
+    token: str
+    package: list[Content] = Field(default_factory=list, validation_alias=AliasChoices("package", "packages"))
+    poll_interval: float = Field(1800, ge=0)
+    auto_update: bool = True
+    trusted_keys: list[str] = Field(default_factory=list)
+    hook_timeout: float = Field(600, gt=0)
+    download_retries: int = Field(5, ge=0)
+    max_download_bytes: int = Field(10 * 1024**3, gt=0)
+
+    @field_validator("token")
+    @classmethod
+    def _check_token(cls, value: str) -> str:
+        if not value:
+            raise ValueError("token must not be empty: it guards the local API")
+        return value
+
+    @field_validator("package", mode="before")
+    @classmethod
+    def _parse_packages(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [
+                parse_content(item, "installed package") if isinstance(item, dict) else item for item in value
+            ]
+        return value
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's form, with the seed's key names and each package as it was received."""
+        out = self.model_dump(mode="json", exclude={"api", "package"})
+        out["flask"] = self.api.model_dump(mode="json")
+        out["package"] = [content.raw for content in self.package]
+        return out
+
+
+def parse_device_config(data: bytes | str, source: str = "daemon config") -> DeviceConfig:
+    try:
+        raw = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValidationError(f"{source} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValidationError(f"{source} must be a JSON object")
+    try:
+        return DeviceConfig.model_validate(raw)
+    except PydanticValidationError as exc:
+        raise ValidationError(f"invalid {source}: {describe_pydantic_error(exc)}") from None
+    except ValidationError as exc:
+        raise ValidationError(f"invalid {source}: {exc}") from None

@@ -1,0 +1,53 @@
+"""The errors otakit raises on purpose.
+
+    OtakitError                      root; ``str(err)`` is one human sentence
+    ├── ValidationError              bad input: a name, version, content.json, request part  (400)
+    ├── AuthError                    missing or wrong token                                  (401)
+    ├── NotFoundError                no such package, branch, version or file                (404)
+    ├── ConflictError                the version exists already                              (409)
+    ├── TooLargeError                over a configured size limit                            (413)
+    └── UnavailableError             the database or file store cannot be reached            (503)
+
+Each class carries the HTTP status it maps to as ``status_code``; the server turns any of them into
+``{"status": code, "error": str(err)}`` with the same HTTP status.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "ConflictError",
+    "NotFoundError",
+    "OtakitError",
+    "TooLargeError",
+    "UnavailableError",
+    "ValidationError",
+]
+
+
+class OtakitError(Exception):
+    status_code: int = 400
+
+
+class ValidationError(OtakitError):
+    status_code = 400
+
+
+class AuthError(OtakitError):
+    status_code = 401
+
+
+class NotFoundError(OtakitError):
+    status_code = 404
+
+
+class ConflictError(OtakitError):
+    status_code = 409
+
+
+class TooLargeError(OtakitError):
+    status_code = 413
+
+
+class UnavailableError(OtakitError):
+    status_code = 503

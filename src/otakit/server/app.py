@@ -1,0 +1,57 @@
+"""The server application: ``create_app(settings)``; also run by ``uvicorn … --factory``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI
+
+import otakit
+from otakit.server.deps import State
+from otakit.server.filestore import LocalFileStore
+from otakit.server.publish import recover
+from otakit.server.repository import open_repository
+from otakit.server.responses import install_error_handlers
+from otakit.server.routes import files, meta, upload, versions
+from otakit.server.settings import ServerSettings, load_settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("otakit.server")
+
+
+def create_app(settings: ServerSettings | None = None) -> FastAPI:
+    """Build the app; nothing is opened until the lifespan starts."""
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        repo = open_repository(settings.database_url)
+        store = LocalFileStore(settings.files_dir)
+        await repo.connect()
+        try:
+            applied = await repo.upgrade()
+            if applied:
+                log.info("database migrations applied: %s", ", ".join(applied))
+            await anyio.to_thread.run_sync(store.prepare)
+            report = await recover(repo, store)
+            if report.journals or report.objects or report.incoming:
+                log.warning("%s", report)
+            app.state.otakit = State(settings, repo, store)
+            yield
+        finally:
+            await repo.close()
+
+    app = FastAPI(
+        title="otakit server",
+        version=otakit.__version__,
+        description="Stores versioned package files per package and branch and tells devices what is new.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in (meta.router, versions.router, files.router, upload.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,187 @@
+"""Streaming a multipart upload straight into an incoming file.
+
+The request body goes through python-multipart's ``MultipartParser`` chunk by chunk. The ``content``
+part is kept in memory (it is small and bounded); the ``file`` part's bytes are batched into large
+blocks and each block is hashed and written by a worker thread while the event loop receives the next
+one, so memory stays flat (about two blocks) and hashing and disk writes overlap the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import anyio.to_thread
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from otakit.errors import TooLargeError, ValidationError
+from otakit.server.filestore import IncomingFile
+
+__all__ = ["BLOCK_SIZE", "ReceivedUpload", "receive_upload"]
+
+BLOCK_SIZE = 4 * 1024 * 1024
+
+
+@dataclass
+class ReceivedUpload:
+    content_text: bytes | None = None
+    incoming: IncomingFile | None = None
+    digest: str | None = None
+    extra_parts: list[str] = field(default_factory=list)
+
+
+class _BlockWriter:
+    """Double-buffered: one block being filled on the loop, one being hashed and written in a thread."""
+
+    def __init__(self, incoming: IncomingFile) -> None:
+        self.incoming = incoming
+        self._buffer = bytearray()
+        self._pending: asyncio.Future[None] | None = None
+        self.received = 0
+
+    async def _flush(self) -> None:
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+        if self._buffer:
+            block, self._buffer = self._buffer, bytearray()
+            self._pending = asyncio.get_running_loop().run_in_executor(None, self.incoming.write, block)
+
+    async def feed(self, data: bytes) -> None:
+        self.received += len(data)
+        self._buffer += data
+        if len(self._buffer) >= BLOCK_SIZE:
+            await self._flush()
+
+    async def finish(self) -> str:
+        await self._flush()
+        await self._flush()
+        return await anyio.to_thread.run_sync(self.incoming.finish)
+
+    async def abandon(self) -> None:
+        if self._pending is not None:
+            with contextlib.suppress(Exception):
+                await self._pending
+
+
+async def receive_upload(
+    chunks: AsyncIterator[bytes],
+    content_type: str | None,
+    *,
+    new_incoming: Callable[[], Awaitable[IncomingFile]],
+    on_content: Callable[[bytes], Awaitable[None]],
+    max_file_bytes: int,
+    max_content_bytes: int,
+) -> ReceivedUpload:
+    """Parse a multipart/form-data body with parts ``content`` and ``file``.
+
+    ``on_content`` is awaited as soon as the ``content`` part is complete, so that the caller can
+    refuse the upload (by raising) before the file is read when ``content`` comes first. On any error
+    the incoming file is discarded; on success the caller owns ``result.incoming``.
+    """
+    mime, params = parse_options_header(content_type or "")
+    boundary = params.get(b"boundary")
+    if mime != b"multipart/form-data" or not boundary:
+        raise ValidationError("the upload must be multipart/form-data with the parts 'content' and 'file'")
+
+    result = ReceivedUpload()
+    events: list[tuple[str, bytes]] = []
+    header_field = bytearray()
+    header_value = bytearray()
+    headers: dict[bytes, bytes] = {}
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header_field.extend(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header_value.extend(data[start:end])
+
+    def on_header_end() -> None:
+        headers[bytes(header_field).lower()] = bytes(header_value)
+        header_field.clear()
+        header_value.clear()
+
+    def on_headers_finished() -> None:
+        _, disposition = parse_options_header(headers.get(b"content-disposition", b""))
+        events.append(("begin", disposition.get(b"name", b"")))
+        headers.clear()
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        events.append(("data", data[start:end]))
+
+    def on_part_end() -> None:
+        events.append(("end", b""))
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+
+    part: str | None = None
+    content_buffer = bytearray()
+    writer: _BlockWriter | None = None
+    seen: set[str] = set()
+    try:
+        async for chunk in chunks:
+            try:
+                parser.write(chunk)
+            except MultipartParseError as exc:
+                raise ValidationError(f"malformed multipart body: {exc}") from None
+            for kind, data in events:
+                if kind == "begin":
+                    part = data.decode("latin-1")
+                    if part in seen and part in ("content", "file"):
+                        raise ValidationError(f"the part {part!r} appears twice")
+                    seen.add(part)
+                    if part == "file":
+                        incoming = await new_incoming()
+                        result.incoming = incoming
+                        writer = _BlockWriter(incoming)
+                    elif part != "content":
+                        result.extra_parts.append(part)
+                elif kind == "data":
+                    if part == "file" and writer is not None:
+                        if writer.received + len(data) > max_file_bytes:
+                            raise TooLargeError(
+                                f"the package file is larger than the limit of {max_file_bytes} bytes"
+                            )
+                        await writer.feed(data)
+                    elif part == "content":
+                        content_buffer += data
+                        if len(content_buffer) > max_content_bytes:
+                            raise TooLargeError(
+                                f"content.json is larger than the limit of {max_content_bytes} bytes"
+                            )
+                else:  # end of a part
+                    if part == "content":
+                        result.content_text = bytes(content_buffer)
+                        await on_content(result.content_text)
+                    elif part == "file" and writer is not None:
+                        result.digest = await writer.finish()
+                    part = None
+            events.clear()
+        try:
+            parser.finalize()
+        except MultipartParseError as exc:
+            raise ValidationError(f"malformed multipart body: {exc}") from None
+        if part is not None or (result.incoming is not None and result.digest is None):
+            raise ValidationError("the multipart body ended in the middle of a part")
+    except BaseException:
+        if writer is not None:
+            await writer.abandon()
+        if result.incoming is not None:
+            incoming = result.incoming
+            await anyio.to_thread.run_sync(incoming.discard)
+            result.incoming = None
+        raise
+    return result

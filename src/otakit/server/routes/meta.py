@@ -1,0 +1,28 @@
+"""Liveness: the seed's ``/test`` and a health check for load balancers."""
+
+from __future__ import annotations
+
+import anyio.to_thread
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from otakit.errors import UnavailableError
+from otakit.server.deps import RepoDep, StoreDep
+from otakit.server.responses import answer
+
+router = APIRouter(tags=["meta"])
+
+
+@router.get("/test", summary="The server answers")
+async def test() -> Response:
+    return answer(200)
+
+
+@router.get("/healthz", summary="Database and file store reachable (else 503)")
+async def healthz(repo: RepoDep, store: StoreDep) -> Response:
+    await repo.ping()
+    try:
+        await anyio.to_thread.run_sync(store.ping)
+    except OSError as exc:
+        raise UnavailableError(f"the file store is unavailable: {exc}") from exc
+    return answer(200)

@@ -1,0 +1,61 @@
+"""What versions there are: ``/latestVersion`` and ``/getVersion``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from otakit.errors import NotFoundError
+from otakit.names import check_name
+from otakit.server.deps import RepoDep
+from otakit.server.repository import VersionRow
+from otakit.server.responses import answer, body_etag, etag_matches, json_answer
+from otakit.versions import version_key
+
+router = APIRouter(tags=["versions"])
+
+PackageQuery = Annotated[str, Query(description="package name", max_length=200)]
+
+
+@router.get("/latestVersion", summary="The highest version of a package on a branch")
+async def latest_version(
+    request: Request,
+    repo: RepoDep,
+    package: PackageQuery,
+    branch: Annotated[str, Query(description="branch (channel)", max_length=200)],
+) -> Response:
+    check_name(package, "package")
+    check_name(branch, "branch")
+    row = await repo.latest(package, branch)
+    if row is None:
+        raise NotFoundError(f"no version of {package} on branch {branch}")
+    # The stored text is spliced in as it is: the values go out exactly as uploaded.
+    body = b'{"status":200,"content.json":' + row.content.encode("utf-8") + b"}"
+    etag = body_etag(body)
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if etag_matches(request, etag):
+        return Response(status_code=304, headers=headers)
+    return json_answer(body, 200, headers)
+
+
+def _listed(row: VersionRow) -> dict[str, object]:
+    return {"name": row.name, "branch": row.branch, "version": row.version, "content": row.content_json}
+
+
+@router.get("/getVersion", summary="Versions of a package, highest first")
+async def get_version(
+    repo: RepoDep,
+    package: PackageQuery,
+    branch: Annotated[str | None, Query(description="only this branch", max_length=200)] = None,
+    version: Annotated[str | None, Query(description="only this version", max_length=200)] = None,
+) -> Response:
+    check_name(package, "package")
+    if branch is not None:
+        check_name(branch, "branch")
+    key = version_key(version) if version is not None else None
+    rows = await repo.list_versions(package, branch, key)
+    if not rows:
+        raise NotFoundError(f"no version of {package} matches")
+    return answer(200, list=[_listed(row) for row in rows])
