@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.databases import BACKENDS, database_url
+from tests.servers import RunningServer, run_server
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def pkg() -> str:
+    """A package name no other test uses, so tests can share one server."""
+    return f"pkg-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """A real server on loopback per backend, shared by a module's tests."""
+    workdir: Path = tmp_path_factory.mktemp(f"server-{request.param}")
+    with database_url(request.param, workdir) as url, run_server(workdir, url) as running:
+        yield running
