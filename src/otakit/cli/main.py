@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
 import otakit
 from otakit.cli.server import db_app, server_app
-from otakit.errors import OtakitError
 
 __all__ = ["app", "main"]
 
@@ -34,8 +32,4 @@ def _root(
 
 
 def main() -> None:
-    try:
-        app(standalone_mode=True)
-    except OtakitError as exc:
-        print(f"otakit: error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    app()

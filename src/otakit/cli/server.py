@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from otakit.errors import OtakitError
+from otakit.cli.errors import reporting_errors
 from otakit.server.settings import ServerSettings, load_settings
 
 server_app = typer.Typer(help="Run or check the otakit server.", no_args_is_help=False)
@@ -20,12 +20,7 @@ ConfigOption = Annotated[
 
 
 def _settings(config: Path | None, **overrides: Any) -> ServerSettings:
-    try:
-        return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
-    except (FileNotFoundError, ValueError) as exc:
-        raise OtakitError(
-            str(exc).splitlines()[0] if isinstance(exc, FileNotFoundError) else str(exc)
-        ) from None
+    return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @server_app.callback(invoke_without_command=True)
@@ -42,7 +37,8 @@ def server(
 
     from otakit.server.app import create_app
 
-    settings = _settings(config, host=host, port=port)
+    with reporting_errors():
+        settings = _settings(config, host=host, port=port)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -68,7 +64,8 @@ async def _fsck(settings: ServerSettings) -> str:
 @server_app.command()
 def fsck(config: ConfigOption = None) -> None:
     """Finish or undo interrupted uploads and remove leftover temporary files."""
-    typer.echo(asyncio.run(_fsck(_settings(config))))
+    with reporting_errors():
+        typer.echo(asyncio.run(_fsck(_settings(config))))
 
 
 async def _upgrade(settings: ServerSettings) -> list[str]:
@@ -81,5 +78,6 @@ async def _upgrade(settings: ServerSettings) -> list[str]:
 @db_app.command()
 def upgrade(config: ConfigOption = None) -> None:
     """Apply the database migrations that have not run yet."""
-    applied = asyncio.run(_upgrade(_settings(config)))
+    with reporting_errors():
+        applied = asyncio.run(_upgrade(_settings(config)))
     typer.echo("applied: " + ", ".join(applied) if applied else "the database is up to date")

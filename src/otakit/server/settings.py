@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator
+from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import (
     BaseSettings,
     JsonConfigSettingsSource,
@@ -19,6 +20,9 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from otakit.content import describe_pydantic_error
+from otakit.errors import ValidationError
 
 __all__ = ["ServerSettings", "load_settings"]
 
@@ -51,11 +55,14 @@ class ServerSettings(BaseSettings):
 
 
 def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> ServerSettings:
-    """Settings from ``config_file`` (or ``$OTAKIT_CONFIG``), the environment and ``overrides``."""
+    """Settings from ``config_file`` (or ``$OTAKIT_CONFIG``), the environment and ``overrides``.
+
+    Raises ``ValidationError`` naming the first bad setting, or a missing file.
+    """
     path = config_file or os.environ.get("OTAKIT_CONFIG") or None
     file_path = Path(path) if path else None
     if file_path is not None and not file_path.is_file():
-        raise FileNotFoundError(f"config file {file_path} does not exist")
+        raise ValidationError(f"config file {file_path} does not exist")
 
     class _Settings(ServerSettings):
         @classmethod
@@ -75,5 +82,8 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
                     sources.append(TomlConfigSettingsSource(settings_cls, toml_file=file_path))
             return tuple(sources)
 
-    loaded = _Settings(**overrides)
+    try:
+        loaded = _Settings(**overrides)
+    except PydanticValidationError as exc:
+        raise ValidationError(f"invalid settings: {describe_pydantic_error(exc)}") from None
     return ServerSettings.model_construct(**loaded.model_dump())
