@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.databases import BACKENDS, database_url
+from tests.databases import BACKENDS, MySQLServer, database_url, mysql_database
 from tests.servers import RunningServer, run_server
 
 
@@ -29,3 +29,25 @@ def server(
     workdir: Path = tmp_path_factory.mktemp(f"server-{request.param}")
     with database_url(request.param, workdir) as url, run_server(workdir, url) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def mysql_server() -> Iterator[MySQLServer]:
+    with mysql_database() as server:
+        yield server
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def repo_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty database: no tables, not upgraded."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'ota.db'}"
+    server: MySQLServer = request.getfixturevalue("mysql_server")
+    server.reset()
+    return server.url

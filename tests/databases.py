@@ -1,67 +1,104 @@
-"""Databases for tests: a temp SQLite file, or a fresh MariaDB/MySQL database per use.
+"""Databases for tests: a temp SQLite file, or a fresh MariaDB/MySQL database of our own.
 
-MySQL tests read the server from ``OTAKIT_TEST_MYSQL_URL`` (default ``mysql://root@127.0.0.1:3306/test``).
-Without a reachable server they skip, unless ``OTAKIT_TEST_REQUIRE_MYSQL=1`` (as in CI): then they fail.
+MySQL/MariaDB: ``OTAKIT_TEST_MYSQL_URL`` is an admin URL (default ``mysql://root@127.0.0.1:3306/test``);
+each use creates its own database ``otakit_test_<hex>`` there and drops it afterwards, touching no other
+database. An unreachable server skips the MySQL tests, unless ``OTAKIT_TEST_REQUIRE_MYSQL=1`` (as in
+CI) turns that into a failure.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
+import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, urlsplit
 
 import pymysql
 import pytest
 
-__all__ = ["BACKENDS", "database_url", "mysql_database"]
+from otakit.server.repository.mysql import mysql_params
+
+__all__ = ["BACKENDS", "MySQLServer", "database_url", "mysql_connect", "mysql_database", "reachable_mysql"]
 
 BACKENDS = ["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)]
-_DEFAULT_MYSQL = "mysql://root@127.0.0.1:3306/test"
+DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
 
 
-def _admin_connect() -> tuple[pymysql.connections.Connection, str]:
-    url = os.environ.get("OTAKIT_TEST_MYSQL_URL", _DEFAULT_MYSQL)
-    parts = urlsplit(url)
-    try:
-        conn = pymysql.connect(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 3306,
-            user=unquote(parts.username or "root"),
-            password=unquote(parts.password or ""),
-            connect_timeout=5,
-            autocommit=True,
+def mysql_connect(url: str, *, database: bool = True) -> pymysql.connections.Connection:
+    """A plain, autocommitting pymysql connection for ``url`` (to its database, or to none)."""
+    params = mysql_params(url)
+    extra = {"unix_socket": params["unix_socket"]} if "unix_socket" in params else {}
+    return pymysql.connect(
+        host=params["host"],
+        port=params["port"],
+        user=params["user"],
+        password=params["password"],
+        database=params["db"] if database else None,
+        charset="utf8mb4",
+        connect_timeout=5,
+        autocommit=True,
+        **extra,
+    )
+
+
+@dataclass(frozen=True)
+class MySQLServer:
+    admin_url: str
+    database: str
+
+    @property
+    def url(self) -> str:
+        """The URL of this database."""
+        return urlsplit(self.admin_url)._replace(path="/" + quote(self.database)).geturl()
+
+    def _run(self, *statements: str) -> None:
+        with closing(mysql_connect(self.admin_url, database=False)) as conn, conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+
+    def reset(self) -> None:
+        """Drop and create it empty. A database name cannot be a parameter; ours is [a-z0-9_]."""
+        self._run(
+            f"DROP DATABASE IF EXISTS `{self.database}`",
+            f"CREATE DATABASE `{self.database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
         )
-    except pymysql.err.OperationalError as exc:
-        message = f"MySQL/MariaDB not reachable at {parts.hostname}:{parts.port}: {exc}"
+
+    def drop(self) -> None:
+        self._run(f"DROP DATABASE IF EXISTS `{self.database}`")
+
+
+def reachable_mysql() -> str:
+    """The admin URL, after checking the server answers (else skip, or fail when required)."""
+    admin_url = os.environ.get("OTAKIT_TEST_MYSQL_URL") or DEFAULT_MYSQL_URL
+    try:
+        mysql_connect(admin_url, database=False).close()
+    except pymysql.err.MySQLError as exc:
+        message = f"no MySQL server for the tests at {urlsplit(admin_url).hostname}: {exc}"
         if os.environ.get("OTAKIT_TEST_REQUIRE_MYSQL") == "1":
-            pytest.fail(message + " (OTAKIT_TEST_REQUIRE_MYSQL=1: MySQL tests are mandatory)")
+            pytest.fail(message + " (OTAKIT_TEST_REQUIRE_MYSQL=1: the MySQL tests are mandatory)")
         pytest.skip(message)
-    return conn, url
+    return admin_url
 
 
 @contextmanager
-def mysql_database() -> Iterator[str]:
-    """A new, empty database (``otakit_test_<hex>``), dropped afterwards; yields its URL."""
-    conn, url = _admin_connect()
-    name = f"otakit_test_{uuid.uuid4().hex[:12]}"
-    parts = urlsplit(url)
+def mysql_database() -> Iterator[MySQLServer]:
+    """A new, empty database of our own, dropped afterwards."""
+    server = MySQLServer(reachable_mysql(), f"otakit_test_{secrets.token_hex(6)}")
+    server.reset()
     try:
-        with conn.cursor() as cur:
-            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-        yield parts._replace(path=f"/{name}").geturl()
+        yield server
     finally:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        conn.close()
+        server.drop()
 
 
 @contextmanager
 def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """An empty database of ``backend`` ("sqlite" or "mysql"), by URL."""
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'ota.db'}"
     else:
-        with mysql_database() as url:
-            yield url
+        with mysql_database() as server:
+            yield server.url

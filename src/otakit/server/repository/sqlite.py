@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import aiosqlite
 
-from otakit.errors import UnavailableError
+from otakit.errors import ConflictError, UnavailableError
 from otakit.server.repository.base import Claim, Repository, VersionKey, VersionRow
 from otakit.server.repository.migrations import load_migrations
 
@@ -45,18 +45,24 @@ class _SQLiteClaim(Claim):
         self.existing = existing
 
     async def put(self, row: VersionRow) -> None:
-        if self.existing is None:
-            await self._conn.execute(
-                f"INSERT INTO ota ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                (row.name, row.branch, row.version, row.version_key, row.content, row.object_id),
-            )
-        else:
-            await self._conn.execute(
-                "UPDATE ota SET version = ?, content = ?, object_id = ?,"
-                " updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
-                " WHERE name = ? AND branch = ? AND version_key = ?",
-                (row.version, row.content, row.object_id, row.name, row.branch, row.version_key),
-            )
+        try:
+            if self.existing is None:
+                await self._conn.execute(
+                    f"INSERT INTO ota ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    (row.name, row.branch, row.version, row.version_key, row.content, row.object_id),
+                )
+            else:
+                await self._conn.execute(
+                    "UPDATE ota SET version = ?, content = ?, object_id = ?,"
+                    " updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+                    " WHERE name = ? AND branch = ? AND version_key = ?",
+                    (row.version, row.content, row.object_id, row.name, row.branch, row.version_key),
+                )
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE constraint failed" in str(exc):
+                what = f"{row.name} {row.version} on branch {row.branch}"
+                raise ConflictError(f"{what} exists already") from exc
+            raise
         self.existing = row
 
 
