@@ -251,6 +251,14 @@ async def test_duplicate_insert_is_a_conflict(repo: Repository) -> None:
     assert await repo.list_versions("pkg") == [first]
 
 
+async def test_a_claim_writes_only_its_own_key(repo: Repository) -> None:
+    claimed, other = make_row("pkg", "1.0"), make_row("pkg", "2.0")
+    with pytest.raises(ValueError, match="cannot write"):
+        async with repo.claim(claimed.key) as claim:
+            await claim.put(other)
+    assert await repo.list_versions("pkg") == []
+
+
 async def _claim_once(repo: Repository, row: VersionRow) -> str:
     async with repo.claim(row.key) as claim:
         if claim.existing is not None:

@@ -53,11 +53,18 @@ class Claim(abc.ABC):
     normally commits; an exception rolls back.
     """
 
+    key: VersionKey
     existing: VersionRow | None
 
-    @abc.abstractmethod
     async def put(self, row: VersionRow) -> None:
-        """Insert the row, or replace ``existing`` with it."""
+        """Insert the row, or replace ``existing`` with it. The row must be under the claimed key."""
+        if row.key != self.key:
+            raise ValueError(f"a claim on {self.key} cannot write {row.key}")
+        await self._put(row)
+        self.existing = row
+
+    @abc.abstractmethod
+    async def _put(self, row: VersionRow) -> None: ...
 
 
 class Repository(abc.ABC):

@@ -127,13 +127,18 @@ def _is_unavailable(exc: BaseException) -> bool:
 
 class _MySQLClaim(Claim):
     def __init__(
-        self, conn: Any, existing: VersionRow | None, errors: Callable[[Any], AbstractContextManager[None]]
+        self,
+        conn: Any,
+        key: VersionKey,
+        existing: VersionRow | None,
+        errors: Callable[[Any], AbstractContextManager[None]],
     ) -> None:
         self._conn = conn
         self._errors = errors
+        self.key = key
         self.existing = existing
 
-    async def put(self, row: VersionRow) -> None:
+    async def _put(self, row: VersionRow) -> None:
         async with self._conn.cursor() as cur:
             try:
                 with self._errors(self._conn):
@@ -154,7 +159,6 @@ class _MySQLClaim(Claim):
                         f"{row.name} {row.version} on branch {row.branch} exists already"
                     ) from exc
                 raise
-        self.existing = row
 
 
 class MySQLRepository(Repository):
@@ -359,7 +363,7 @@ class MySQLRepository(Repository):
                         await cur.execute(_SELECT_KEY, (key.name, key.branch, key.version_key))
                         found = await cur.fetchone()
                 try:
-                    yield _MySQLClaim(conn, _row(found) if found else None, self._errors)
+                    yield _MySQLClaim(conn, key, _row(found) if found else None, self._errors)
                 except BaseException:
                     if not conn.closed:
                         await _or_close(conn, conn.rollback)

@@ -40,11 +40,12 @@ def _row(values: sqlite3.Row | tuple[str, ...]) -> VersionRow:
 
 
 class _SQLiteClaim(Claim):
-    def __init__(self, conn: aiosqlite.Connection, existing: VersionRow | None) -> None:
+    def __init__(self, conn: aiosqlite.Connection, key: VersionKey, existing: VersionRow | None) -> None:
         self._conn = conn
+        self.key = key
         self.existing = existing
 
-    async def put(self, row: VersionRow) -> None:
+    async def _put(self, row: VersionRow) -> None:
         try:
             if self.existing is None:
                 await self._conn.execute(
@@ -63,7 +64,6 @@ class _SQLiteClaim(Claim):
                 what = f"{row.name} {row.version} on branch {row.branch}"
                 raise ConflictError(f"{what} exists already") from exc
             raise
-        self.existing = row
 
 
 class SQLiteRepository(Repository):
@@ -198,12 +198,13 @@ class SQLiteRepository(Repository):
                     (key.name, key.branch, key.version_key),
                 ) as cur:
                     found = await cur.fetchone()
-                claim = _SQLiteClaim(writer, _row(tuple(found)) if found else None)
+                claim = _SQLiteClaim(writer, key, _row(tuple(found)) if found else None)
                 yield claim
+                await self._guard(lambda: writer.execute("COMMIT"))
             except BaseException:
-                await asyncio.shield(writer.execute("ROLLBACK"))
+                if writer.in_transaction:  # also after a failed COMMIT, which leaves it open
+                    await asyncio.shield(writer.execute("ROLLBACK"))
                 raise
-            await self._guard(lambda: writer.execute("COMMIT"))
 
     async def object_ids(self) -> AsyncIterator[str]:
         reader, _ = self._conns()
