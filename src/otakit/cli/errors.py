@@ -9,7 +9,15 @@ import typer
 
 from otakit.errors import OtakitError
 
-__all__ = ["fail", "reporting_errors"]
+__all__ = ["fail", "reporting_errors", "set_debug"]
+
+_debug = False
+
+
+def set_debug(value: bool) -> None:
+    """With ``--debug``, errors propagate with their traceback instead."""
+    global _debug
+    _debug = value
 
 
 def fail(message: str) -> typer.Exit:
@@ -17,11 +25,17 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
+def _describe(exc: OtakitError | OSError) -> str:
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or exc}: {exc.filename}"
+    return str(exc)
+
+
 @contextmanager
 def reporting_errors() -> Iterator[None]:
     try:
         yield
-    except OtakitError as exc:
-        raise fail(str(exc)) from None
-    except OSError as exc:
-        raise fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)) from None
+    except (OtakitError, OSError) as exc:
+        if _debug:
+            raise
+        raise fail(_describe(exc)) from None

@@ -1,0 +1,155 @@
+"""A small client for the otakit server's HTTP API (synchronous: the CLI's)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+import otakit
+from otakit.content import Content, parse_content
+from otakit.errors import (
+    AuthError,
+    ConflictError,
+    NotFoundError,
+    OtakitError,
+    TooLargeError,
+    UnavailableError,
+    ValidationError,
+)
+
+__all__ = ["ServerClient"]
+
+_ERRORS: dict[int, type[OtakitError]] = {
+    400: ValidationError,
+    401: AuthError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: TooLargeError,
+}
+Progress = Callable[[int], None]  # called with the bytes of the file sent so far
+
+
+class _ProgressFile:
+    """A file whose reads report progress; httpx streams multipart file parts by reading them."""
+
+    def __init__(self, file: IO[bytes], progress: Progress | None) -> None:
+        self._file = file
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._file.read(size)
+        if self._progress is not None and data:
+            self._progress(self._file.tell())
+        return data
+
+    def fileno(self) -> int:  # lets httpx send a Content-Length
+        return self._file.fileno()
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+
+class ServerClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 60,
+        retries: int = 3,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.retries = retries
+        headers = {"User-Agent": f"otakit/{otakit.__version__}"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=10),
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ServerClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _request(
+        self, method: str, path: str, *, rewind: Callable[[], object] | None = None, **kwargs: Any
+    ) -> Any:
+        """Send with retries on connection failures; return the JSON answer or raise OtakitError."""
+        delay = 0.25
+        for attempt in range(self.retries + 1):
+            try:
+                if rewind is not None:
+                    rewind()
+                response = self._http.request(method, path, **kwargs)
+                break
+            except httpx.TransportError as exc:
+                if attempt == self.retries:
+                    raise UnavailableError(
+                        f"cannot reach the server at {self.base_url}: {exc or type(exc).__name__}"
+                    ) from None
+                time.sleep(delay)
+                delay *= 2
+        return self._answer(response)
+
+    def _answer(self, response: httpx.Response) -> Any:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code == 200 and isinstance(body, dict):
+            return body
+        message = body.get("error") if isinstance(body, dict) else None
+        message = message or f"the server answered HTTP {response.status_code}"
+        if response.status_code >= 500:
+            raise UnavailableError(f"server error: {message}")
+        raise _ERRORS.get(response.status_code, OtakitError)(message)
+
+    def latest(self, package: str, branch: str) -> Content:
+        body = self._request("GET", "/latestVersion", params={"package": package, "branch": branch})
+        return parse_content(body["content.json"], "the server's content.json")
+
+    def versions(
+        self, package: str, branch: str | None = None, version: str | None = None
+    ) -> list[dict[str, Any]]:
+        params = {
+            "package": package,
+            **({"branch": branch} if branch else {}),
+            **({"version": version} if version else {}),
+        }
+        listed: list[dict[str, Any]] = self._request("GET", "/getVersion", params=params)["list"]
+        return listed
+
+    def upload(
+        self, zip_path: Path, content_text: str, *, force: bool = False, progress: Progress | None = None
+    ) -> None:
+        """Stream ``zip_path`` with its content.json (sent first, so a duplicate is refused at once)."""
+        with open(zip_path, "rb") as raw:
+            file = _ProgressFile(raw, progress)
+            files = {
+                "content": (None, content_text, "application/json"),
+                "file": (os.path.basename(zip_path), file, "application/zip"),
+            }
+            self._request(
+                "PUT",
+                "/upload",
+                params={"force": "1"} if force else None,
+                files=files,
+                rewind=lambda: raw.seek(0),
+            )
