@@ -43,6 +43,18 @@ class DeviceConfig(BaseModel):
     hook_timeout: float = Field(600, gt=0)
     download_retries: int = Field(5, ge=0)
     max_download_bytes: int = Field(10 * 1024**3, gt=0)
+    state_dir: str = ".otakit-state"
+
+    def installed(self, name: str) -> Content | None:
+        return next((content for content in self.package if content.package == name), None)
+
+    def with_package(self, content: Content) -> DeviceConfig:
+        """A copy recording ``content`` as installed (replacing the same package)."""
+        others = [c for c in self.package if c.package != content.package]
+        return self.model_copy(update={"package": [*others, content]})
+
+    def without_package(self, name: str) -> DeviceConfig:
+        return self.model_copy(update={"package": [c for c in self.package if c.package != name]})
 
     @field_validator("token")
     @classmethod
@@ -61,8 +73,10 @@ class DeviceConfig(BaseModel):
         return value
 
     def to_json(self) -> dict[str, Any]:
-        """The file's form, with the seed's key names and each package as it was received."""
-        out = self.model_dump(mode="json", exclude={"api", "package"})
+        """The file's form, with the seed's key names and each package as it was received.
+
+        Settings the file did not name stay unnamed, so a rewrite changes only what changed."""
+        out = self.model_dump(mode="json", exclude={"api", "package"}, exclude_unset=True)
         out["flask"] = self.api.model_dump(mode="json")
         out["package"] = [content.raw for content in self.package]
         return out

@@ -2,11 +2,13 @@
 
     OtakitError                      root; ``str(err)`` is one human sentence
     ├── ValidationError              bad input: a name, version, content.json, request part  (400)
+    │   └── VerificationError        a download or package that is not what its content.json says
     ├── AuthError                    missing or wrong token                                  (401)
     ├── NotFoundError                no such package, branch, version or file                (404)
     ├── ConflictError                the version exists already                              (409)
     ├── TooLargeError                over a configured size limit                            (413)
     └── UnavailableError             the database or file store cannot be reached            (503)
+        └── DownloadError            a server could not be reached or a transfer kept failing
 
 Each class carries the HTTP status it maps to as ``status_code``; the server turns any of them into
 ``{"status": code, "error": str(err)}`` with the same HTTP status.
@@ -17,11 +19,13 @@ from __future__ import annotations
 __all__ = [
     "AuthError",
     "ConflictError",
+    "DownloadError",
     "NotFoundError",
     "OtakitError",
     "TooLargeError",
     "UnavailableError",
     "ValidationError",
+    "VerificationError",
 ]
 
 
@@ -51,3 +55,11 @@ class TooLargeError(OtakitError):
 
 class UnavailableError(OtakitError):
     status_code = 503
+
+
+class VerificationError(ValidationError):
+    pass
+
+
+class DownloadError(UnavailableError):
+    pass

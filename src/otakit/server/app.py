@@ -14,9 +14,9 @@ from otakit.server.deps import State
 from otakit.server.filestore import LocalFileStore
 from otakit.server.publish import recover
 from otakit.server.repository import open_repository
-from otakit.server.responses import install_error_handlers
 from otakit.server.routes import files, meta, upload, versions
 from otakit.server.settings import ServerSettings, load_settings
+from otakit.web import install_error_handlers
 
 __all__ = ["create_app"]
 

@@ -1,79 +1,17 @@
-"""Answers in the server's convention: a JSON body whose ``status`` equals the HTTP status."""
+"""The server's file response."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 from collections.abc import AsyncIterator
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import anyio
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse
 from starlette.types import Receive, Scope, Send
 
-from otakit.errors import OtakitError
-
-__all__ = ["ObjectFileResponse", "answer", "etag_matches", "install_error_handlers", "json_answer"]
-
-
-def json_answer(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
-
-
-def answer(status: int = 200, headers: dict[str, str] | None = None, **fields: Any) -> Response:
-    body = json.dumps({"status": status, **fields}, ensure_ascii=False, separators=(",", ":"))
-    return json_answer(body.encode("utf-8"), status, headers)
-
-
-def body_etag(body: bytes) -> str:
-    return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
-
-
-def etag_matches(request: Request, etag: str) -> bool:
-    """RFC 9110 If-None-Match: a list of (possibly weak) tags, or ``*``."""
-    header = request.headers.get("if-none-match")
-    if not header:
-        return False
-    tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
-    return "*" in tags or etag in tags
-
-
-def _first_error(exc: RequestValidationError) -> str:
-    errors = exc.errors()
-    if not errors:
-        return "invalid request"
-    first = errors[0]
-    where = str(first.get("loc", ("",))[-1])
-    if first.get("type") == "missing":
-        return f"{where} is required"
-    return f"{where}: {first.get('msg', 'invalid')}"
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    async def otakit_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, OtakitError)
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        return answer(exc.status_code, headers, error=str(exc))
-
-    async def validation_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        return answer(400, error=_first_error(exc))
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        status = exc.status_code
-        if status == 422:
-            status = 400
-        return answer(status, dict(exc.headers or {}), error=str(exc.detail))
-
-    app.add_exception_handler(OtakitError, otakit_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
+__all__ = ["ObjectFileResponse"]
 
 
 class ObjectFileResponse(FileResponse):

@@ -10,8 +10,9 @@ from otakit.errors import NotFoundError, ValidationError
 from otakit.names import check_name
 from otakit.server.deps import RepoDep, StoreDep
 from otakit.server.repository import VersionKey
-from otakit.server.responses import ObjectFileResponse, etag_matches
+from otakit.server.responses import ObjectFileResponse
 from otakit.versions import version_key
+from otakit.web import etag_matches
 
 router = APIRouter(tags=["files"])
 

@@ -8,7 +8,7 @@ from fastapi.responses import Response
 
 from otakit.errors import UnavailableError
 from otakit.server.deps import RepoDep, StoreDep
-from otakit.server.responses import answer
+from otakit.web import answer
 
 router = APIRouter(tags=["meta"])
 

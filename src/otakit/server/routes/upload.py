@@ -16,7 +16,7 @@ from otakit.server.filestore import IncomingFile
 from otakit.server.publish import publish
 from otakit.server.receive import receive_upload
 from otakit.server.repository import VersionKey
-from otakit.server.responses import answer
+from otakit.web import answer
 
 router = APIRouter(tags=["upload"])
 

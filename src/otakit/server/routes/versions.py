@@ -11,8 +11,8 @@ from otakit.errors import NotFoundError
 from otakit.names import check_name
 from otakit.server.deps import RepoDep
 from otakit.server.repository import VersionRow
-from otakit.server.responses import answer, body_etag, etag_matches, json_answer
 from otakit.versions import version_key
+from otakit.web import answer, body_etag, etag_matches, json_answer
 
 router = APIRouter(tags=["versions"])
 
