@@ -1,0 +1,3 @@
+from otakit.daemon.main import main
+
+main()

@@ -1,0 +1,151 @@
+"""The daemon's local API: device info and package operations, every route behind the device token."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+import otakit
+from otakit.daemon.plan import is_upgrade
+from otakit.daemon.service import Daemon
+from otakit.daemon.updater import InstallRequest
+from otakit.errors import AuthError, NotFoundError
+from otakit.names import check_name
+from otakit.web import answer, install_error_handlers
+
+__all__ = ["create_daemon_app"]
+
+
+def _daemon(request: Request) -> Daemon:
+    daemon: Daemon = request.app.state.daemon
+    return daemon
+
+
+def require_token(request: Request) -> None:
+    """``Authorization: Bearer <token>`` or ``X-Token: <token>``, compared in constant time."""
+    expected = _daemon(request).store.config.token.encode()
+    scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+    supplied = bearer.strip() if scheme.lower() == "bearer" else request.headers.get("x-token", "")
+    if not supplied or not hmac.compare_digest(supplied.encode(), expected):
+        raise AuthError("a valid device token is required (Authorization: Bearer <token> or X-Token)")
+
+
+DaemonDep = Annotated[Daemon, Depends(_daemon)]
+router = APIRouter(dependencies=[Depends(require_token)])
+
+
+class InstallBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    package: str = Field(max_length=100)
+    branch: str = Field(max_length=100)
+    remote: str = Field(min_length=1, max_length=2000)
+    local: str = Field(min_length=1, max_length=4096)
+    version: str | None = Field(None, max_length=64)
+
+
+class UpdateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str | None = Field(None, max_length=64)
+    allow_downgrade: bool = False
+
+
+def _name(name: str) -> str:
+    return check_name(name, "package")
+
+
+@router.get("/info", summary="The device and its installed packages")
+async def info(daemon: DaemonDep) -> Response:
+    config = daemon.store.config
+    return answer(200, device=config.device, description=config.description,
+                  package=[content.raw for content in config.package])  # fmt: skip
+
+
+@router.get("/packages", summary="Installed packages")
+async def packages(daemon: DaemonDep) -> Response:
+    return answer(200, list=[content.raw for content in daemon.store.config.package])
+
+
+@router.get("/packages/{name}", summary="One installed package")
+async def package(name: str, daemon: DaemonDep) -> Response:
+    return answer(200, **{"content.json": daemon.updater.installed(_name(name)).raw})
+
+
+@router.get("/packages/{name}/latest", summary="Ask the package's server for its latest version")
+async def package_latest(name: str, daemon: DaemonDep) -> Response:
+    installed, latest = await daemon.latest_for(_name(name))
+    return answer(200, installed=installed.version, latest=latest.raw, update=is_upgrade(installed, latest))
+
+
+@router.post("/packages", status_code=202, summary="Install a new package (its latest, or a version)")
+async def install(body: InstallBody, daemon: DaemonDep) -> Response:
+    check_name(body.package, "package")
+    check_name(body.branch, "branch")
+    job = daemon.start_install(
+        InstallRequest(body.package, body.branch, body.remote, body.local, body.version)
+    )
+    return answer(202, job=job.to_json())
+
+
+@router.post("/packages/{name}/update", status_code=202, summary="Update to the latest (or a given) version")
+async def update(
+    name: str,
+    daemon: DaemonDep,
+    body: Annotated[UpdateBody | None, Body()] = None,
+    version: Annotated[str | None, Query(max_length=64)] = None,
+    allow_downgrade: Annotated[bool, Query()] = False,
+) -> Response:
+    wanted = (body.version if body else None) or version
+    downgrade = (body.allow_downgrade if body else False) or allow_downgrade
+    job = daemon.start_update(_name(name), wanted, downgrade)
+    return answer(202, job=job.to_json())
+
+
+@router.post("/packages/{name}/rollback", status_code=202, summary="Back to the kept previous version")
+async def rollback(name: str, daemon: DaemonDep) -> Response:
+    return answer(202, job=daemon.start_rollback(_name(name)).to_json())
+
+
+@router.delete("/packages/{name}", status_code=202, summary="Remove a package's files and record")
+async def remove(name: str, daemon: DaemonDep) -> Response:
+    return answer(202, job=daemon.start_remove(_name(name)).to_json())
+
+
+@router.post("/check", status_code=202, summary="Check every package's server now")
+async def check(daemon: DaemonDep) -> Response:
+    return answer(202, job=daemon.start_check().to_json())
+
+
+@router.get("/jobs", summary="Jobs, newest first")
+async def jobs(daemon: DaemonDep) -> Response:
+    return answer(200, list=[job.to_json() for job in daemon.jobs.list()])
+
+
+@router.get("/jobs/{job_id}", summary="One job")
+async def job(job_id: str, daemon: DaemonDep) -> Response:
+    if len(job_id) > 64:
+        raise NotFoundError(f"no job {job_id[:64]}")
+    return answer(200, job=daemon.jobs.get(job_id).to_json())
+
+
+def create_daemon_app(daemon: Daemon) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await daemon.start()
+        try:
+            yield
+        finally:
+            await daemon.stop()
+
+    app = FastAPI(title="otakit daemon", version=otakit.__version__, lifespan=lifespan)
+    app.state.daemon = daemon
+    install_error_handlers(app)
+    app.include_router(router)
+    return app

@@ -1,0 +1,374 @@
+"""The update steps, in order: check → resolve → download → BeforeUpdate → install → AfterUpdate → record.
+
+One orchestrator does the I/O; the decisions (is it an upgrade, dependency order, is a zip entry safe)
+are the pure functions of ``plan``. Each change of a package's files is journaled (``journal``) so that
+a daemon killed at any step comes back with the old version or the new one: ``recover`` at start
+finishes what was committed (the config names the new version) and undoes the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio.to_thread
+from packaging.specifiers import SpecifierSet
+
+from otakit.content import Content, parse_content
+from otakit.daemon.config_store import ConfigStore, write_atomically
+from otakit.daemon.fetch import Fetcher
+from otakit.daemon.hooks import HookError, run_hook
+from otakit.daemon.jobs import Job
+from otakit.daemon.journal import Journal, Swap, remove_tree, sibling
+from otakit.daemon.plan import choose, install_order, is_upgrade
+from otakit.daemon.unpack import unpack
+from otakit.errors import ConflictError, NotFoundError, ValidationError
+from otakit.versions import parse_version
+
+__all__ = ["InstallRequest", "Updater"]
+
+log = logging.getLogger("otakit.daemon")
+_KEEP_PARTIAL_S = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class InstallRequest:
+    package: str
+    branch: str
+    remote: str
+    local: str
+    version: str | None = None
+
+
+class Updater:
+    def __init__(self, store: ConfigStore, fetcher: Fetcher) -> None:
+        self.store = store
+        self.fetcher = fetcher
+        self._sources: dict[str, str] = {}
+        state = store.state_dir
+        self.journal = Journal(state / "journal")
+        self.downloads = state / "downloads"
+        self.previous = state / "previous"
+
+    # -- questions -------------------------------------------------------------------------------
+    def installed(self, name: str) -> Content:
+        content = self.store.config.installed(name)
+        if content is None:
+            raise NotFoundError(f"{name} is not installed")
+        return content
+
+    def previous_of(self, name: str) -> Content | None:
+        """The kept previous version, when its files are there to roll back to."""
+        path = self.previous / f"{name}.json"
+        installed = self.installed(name)
+        if not path.is_file() or not sibling(self.store.local_path(installed), "prev").is_dir():
+            return None
+        return parse_content(path.read_bytes(), f"record of {name}'s previous version")
+
+    async def latest(self, remote: str, package: str, branch: str) -> Content:
+        found, _ = await self.fetcher.latest(remote, package, branch)
+        assert found is not None  # no ETag was sent, so no 304
+        return found
+
+    # -- jobs ------------------------------------------------------------------------------------
+    async def install(self, job: Job, request: InstallRequest) -> None:
+        job.step = "check"
+        if self.store.config.installed(request.package) is not None:
+            raise ConflictError(f"{request.package} is installed already; update it instead")
+        target = await self._pick(request.remote, request.package, request.branch, request.version)
+        await self._apply(job, target, local=request.local)
+
+    async def update(
+        self, job: Job, name: str, version: str | None = None, allow_downgrade: bool = False
+    ) -> None:
+        installed = self.installed(name)
+        job.step = "check"
+        job.from_version = installed.version
+        target = await self._pick(installed.remote, name, installed.branch, version)
+        job.to_version = target.version
+        if target.parsed_version == installed.parsed_version:
+            job.say(f"{name} {installed.version} is installed; nothing to do")
+            return
+        if not is_upgrade(installed, target) and not allow_downgrade:
+            raise ValidationError(
+                f"refusing to downgrade {name} from {installed.version} to {target.version} "
+                "without allow_downgrade"
+            )
+        await self._apply(job, target, local=installed.local)
+
+    async def rollback(self, job: Job, name: str) -> None:
+        installed = self.installed(name)
+        previous = self.previous_of(name)
+        if previous is None:
+            raise ConflictError(f"{name} has no previous version to roll back to")
+        job.from_version, job.to_version = installed.version, previous.version
+        local = self.store.local_path(installed)
+        job.step = "install"
+        between = sibling(local, "swap")
+        await anyio.to_thread.run_sync(remove_tree, between)
+        prev = sibling(local, "prev")
+        renames = [(local, between), (prev, local), (between, prev)]
+        swap = self.journal.begin("rollback", name, local, installed.raw, previous.raw, renames)
+        await anyio.to_thread.run_sync(swap.run)
+        job.say(f"files of {previous.version} restored")
+        swap.hooks_ran = True
+        await anyio.to_thread.run_sync(swap.save)
+        await self._after_restore(job, swap, restored=previous, replaced=installed)
+        await self._commit(job, swap, previous)
+        job.state = "rolled_back"
+
+    async def remove(self, job: Job, name: str) -> None:
+        installed = self.installed(name)
+        job.from_version = installed.version
+        local = self.store.local_path(installed)
+        job.step = "remove"
+        trash = sibling(local, "trash")
+        await anyio.to_thread.run_sync(remove_tree, trash)
+        renames = [(local, trash)] if local.exists() else []
+        swap = self.journal.begin("remove", name, local, installed.raw, None, renames)
+        await anyio.to_thread.run_sync(swap.run)
+        job.step = "record"
+        await self._commit(job, swap, None)
+
+    # -- the steps -------------------------------------------------------------------------------
+    async def _pick(self, remote: str, package: str, branch: str, version: str | None) -> Content:
+        """The server's latest version of ``package`` on ``branch``, or the named version."""
+        if version is None:
+            return await self.latest(remote, package, branch)
+        wanted = parse_version(version)
+        for candidate in await self.fetcher.versions(remote, package, branch):
+            if candidate.parsed_version == wanted:
+                return candidate
+        raise NotFoundError(f"{package} {version} is not on {remote} (branch {branch})")
+
+    async def resolve(self, target: Content) -> list[Content]:
+        """``target`` and the dependencies it needs installed first, in install order.
+
+        Each missing or unsatisfied dependency is the highest version that satisfies the requirement on
+        the dependent's server and branch. A cycle or an unsatisfiable requirement is an error, raised
+        before anything is installed.
+        """
+        chosen: dict[str, Content] = {target.package: target}
+        self._sources = {target.package: target.remote}
+        requires: dict[str, set[str]] = {}
+        queue = [target]
+        while queue:
+            content = queue.pop()
+            requires[content.package] = set()
+            for name, spec in content.requirements.items():
+                if name == content.package:  # the original project listed packages as their own dependency
+                    self._require(spec, content, content)
+                    continue
+                if name in chosen:
+                    self._require(spec, chosen[name], content)
+                    requires[content.package].add(name)
+                    continue
+                have = self.store.config.installed(name)
+                if have is not None and spec.contains(have.parsed_version, prereleases=True):
+                    continue
+                candidates = await self.fetcher.versions(content.remote, name, content.branch)
+                pick = choose(spec, candidates)
+                if pick is None:
+                    raise ValidationError(
+                        f"{content.package} needs {name}{spec or ''}, which no version on "
+                        f"{content.remote} (branch {content.branch}) satisfies"
+                    )
+                chosen[name] = pick
+                self._sources[name] = content.remote  # fetched from the dependent's server
+                requires[content.package].add(name)
+                queue.append(pick)
+        return [chosen[name] for name in install_order(target.package, requires)]
+
+    @staticmethod
+    def _require(spec: SpecifierSet, have: Content, by: Content) -> None:
+        if not spec.contains(have.parsed_version, prereleases=True):
+            raise ValidationError(
+                f"{by.package} needs {have.package}{spec}, but {have.version} is being installed"
+            )
+
+    async def _apply(self, job: Job, target: Content, *, local: str) -> None:
+        job.to_version = target.version
+        job.step = "resolve"
+        plan = await self.resolve(target)
+        for content in plan:
+            if content is not target:
+                job.say(f"dependency {content.package} {content.version} first")
+            installed = self.store.config.installed(content.package)
+            where = local if content is target else (installed.local if installed else content.local)
+            await self._install_one(job, content, where, "update" if installed else "install")
+
+    def _recorded(self, content: Content, local: str) -> Content:
+        """What the config records: the content as received, with the device's install folder."""
+        if content.local == local:
+            return content
+        return parse_content({**content.raw, "local": local})
+
+    def _hook_env(self, content: Content, old: Content | None, local: Path) -> dict[str, str]:
+        return {
+            "OTAKIT_PACKAGE": content.package,
+            "OTAKIT_BRANCH": content.branch,
+            "OTAKIT_OLD_VERSION": old.version if old else "",
+            "OTAKIT_NEW_VERSION": content.version,
+            "OTAKIT_LOCAL": str(local),
+        }
+
+    async def _hook(
+        self, job: Job, name: str, command: str, content: Content, old: Content | None, local: Path
+    ) -> None:
+        cwd = local if local.is_dir() else local.parent
+        cwd.mkdir(parents=True, exist_ok=True)
+        await run_hook(
+            name,
+            command,
+            cwd=cwd,
+            env=self._hook_env(content, old, local),
+            time_limit=self.store.config.hook_timeout,
+            log=job.say,
+        )
+
+    async def _install_one(self, job: Job, content: Content, local_text: str, action: str) -> None:
+        name = content.package
+        installed = self.store.config.installed(name)
+        recorded = self._recorded(content, local_text)
+        local = self.store.local_path(recorded)
+        job.say(
+            f"{action} {name} {installed.version if installed else '(none)'} -> {content.version} at {local}"
+        )
+
+        job.step = "download"
+        self.downloads.mkdir(parents=True, exist_ok=True)
+        # Named by the sha256 too: a partial file of a since-replaced upload is never resumed.
+        zip_path = self.downloads / f"{content.file_name}.{content.sha256.lower()[:16]}"
+        remote = self._sources.get(name, content.remote)
+        await self.fetcher.download(content, zip_path, progress=_progress(job), remote=remote)
+        job.say(f"downloaded and verified {content.file_name}")
+
+        job.step = "BeforeUpdate"
+        await self._hook(job, "BeforeUpdate", content.before_update, content, installed, local)
+
+        job.step = "install"
+        stage, prev, trash = sibling(local, "new"), sibling(local, "prev"), sibling(local, "trash")
+        for leftover in (stage, trash):
+            await anyio.to_thread.run_sync(remove_tree, leftover)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            files = await anyio.to_thread.run_sync(unpack, zip_path, stage)
+        except BaseException:
+            await anyio.to_thread.run_sync(remove_tree, stage)
+            raise
+        job.say(f"unpacked {files} file(s)")
+        renames = [(prev, trash)] if prev.exists() else []
+        renames += [(local, prev)] if local.exists() else []
+        renames.append((stage, local))
+        swap = self.journal.begin(
+            action, name, local, installed.raw if installed else None, recorded.raw, renames
+        )
+        await anyio.to_thread.run_sync(swap.run)
+
+        job.step = "AfterUpdate"
+        swap.hooks_ran = True
+        await anyio.to_thread.run_sync(swap.save)
+        try:
+            await self._hook(job, "AfterUpdate", content.after_update, content, installed, local)
+        except HookError as exc:
+            job.error = str(exc)
+            job.step = "rollback"
+            job.say(f"{exc}; restoring {installed.version if installed else 'the state before'}")
+            await self._undo(job, swap)
+            job.state = "rolled_back"
+            raise
+
+        job.step = "record"
+        await self._commit(job, swap, recorded)
+        zip_path.unlink(missing_ok=True)
+
+    async def _commit(self, job: Job, swap: Swap, recorded: Content | None) -> None:
+        """Record the change in the config (the commit point), then clean up behind it."""
+        if recorded is None:
+            await self.store.forget(swap.package)
+        else:
+            await self.store.record(recorded)
+        await anyio.to_thread.run_sync(self._cleanup_committed, swap)
+        if recorded is not None:
+            job.say(f"{swap.package} {recorded.version} installed")
+        else:
+            job.say(f"{swap.package} removed")
+
+    def _cleanup_committed(self, swap: Swap) -> None:
+        record = self.previous / f"{swap.package}.json"
+        if swap.action == "remove":
+            record.unlink(missing_ok=True)
+            remove_tree(sibling(swap.local, "prev"))
+        elif swap.before is not None:
+            self.previous.mkdir(parents=True, exist_ok=True)
+            write_atomically(record, json.dumps(swap.before, ensure_ascii=False).encode())
+        for tag in ("trash", "new", "swap"):
+            remove_tree(sibling(swap.local, tag))
+        swap.finish()
+
+    async def _undo(self, job: Job | None, swap: Swap) -> None:
+        """Put the files back as they were before ``swap`` and restart the restored version."""
+        await anyio.to_thread.run_sync(swap.undo)
+        for tag in ("new", "swap"):
+            await anyio.to_thread.run_sync(remove_tree, sibling(swap.local, tag))
+        if swap.hooks_ran and swap.before is not None:
+            replaced = parse_content(swap.after) if swap.after else None
+            await self._after_restore(job, swap, restored=parse_content(swap.before), replaced=replaced)
+        swap.finish()
+
+    async def _after_restore(
+        self, job: Job | None, swap: Swap, *, restored: Content, replaced: Content | None
+    ) -> None:
+        """Run the restored version's AfterUpdate so services come back on its code; a failure is logged."""
+        say: Callable[[str], None] = job.say if job is not None else log.warning
+        if job is not None:
+            job.step = "AfterUpdate"
+        try:
+            await run_hook(
+                f"AfterUpdate of the restored {restored.version}",
+                restored.after_update,
+                cwd=swap.local if swap.local.is_dir() else swap.local.parent,
+                env=self._hook_env(restored, replaced, swap.local),
+                time_limit=self.store.config.hook_timeout,
+                log=say,
+            )
+        except HookError as exc:
+            say(f"{exc}; the restored files stay")
+
+    # -- start-up --------------------------------------------------------------------------------
+    async def recover(self) -> list[str]:
+        """Finish or undo every change a killed daemon left in the journal; return what was done."""
+        done = []
+        for swap in await anyio.to_thread.run_sync(self.journal.pending):
+            recorded = self.store.config.installed(swap.package)
+            committed = (
+                (recorded is None)
+                if swap.after is None
+                else (recorded is not None and recorded.raw == swap.after)
+            )
+            if committed:
+                await anyio.to_thread.run_sync(self._cleanup_committed, swap)
+                done.append(f"{swap.action} of {swap.package} was committed; cleaned up")
+            else:
+                await self._undo(None, swap)
+                done.append(f"{swap.action} of {swap.package} was interrupted; restored the previous state")
+            log.warning("recovery: %s", done[-1])
+        if self.downloads.is_dir():
+            # Partial downloads are kept so that the next try resumes them, but not forever.
+            stale = time.time() - _KEEP_PARTIAL_S
+            for partial in self.downloads.iterdir():
+                if partial.stat().st_mtime < stale:
+                    partial.unlink(missing_ok=True)
+        return done
+
+
+def _progress(job: Job) -> Callable[[int, int | None], None]:
+    def report(received: int, total: int | None) -> None:
+        if total:
+            job.progress = min(99, received * 100 // total)
+
+    return report
