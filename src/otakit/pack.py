@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import pathspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from otakit.content import Content, parse_content
 from otakit.errors import ValidationError
 from otakit.names import check_name
+from otakit.signing import sign_content
 from otakit.versions import parse_specifier
 
 __all__ = ["IGNORE_FILE", "PackEntry", "PackResult", "collect", "pack", "parse_depends", "write_zip"]
@@ -231,8 +233,10 @@ def pack(
     after: str = "",
     depends: dict[str, str] | None = None,
     excludes: Sequence[str] = (),
+    signing_key: Ed25519PrivateKey | None = None,
 ) -> PackResult:
-    """Write ``out_dir/<package>-<branch>-<version>.zip`` and ``out_dir/content.json``."""
+    """Write ``out_dir/<package>-<branch>-<version>.zip`` and ``out_dir/content.json`` (signed with
+    ``signing_key`` when given)."""
     draft: dict[str, Any] = {
         "package": package,
         "description": description,
@@ -261,7 +265,10 @@ def pack(
     finally:
         temp_zip.unlink(missing_ok=True)
     draft["sha256"] = sha256
-    content = parse_content(_seed_ordered(draft))
+    final = _seed_ordered(draft)
+    if signing_key is not None:
+        final = sign_content(final, signing_key)
+    content = parse_content(final)
     text = json.dumps(content.raw, indent=2, ensure_ascii=False) + "\n"
     _write_atomically(content_path, text.encode("utf-8"))
     return PackResult(zip_path, content_path, content, size, sum(1 for e in entries if e.source is not None))

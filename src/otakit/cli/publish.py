@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -21,6 +22,7 @@ from otakit.content import Content, parse_content
 from otakit.errors import ConflictError, NotFoundError, ValidationError
 from otakit.pack import pack as pack_folder
 from otakit.pack import parse_depends
+from otakit.signing import generate_private_key, load_private_key, private_key_pem, public_key_line
 from otakit.versions import bump as bump_version
 
 __all__ = ["register"]
@@ -71,8 +73,7 @@ def pack(
 ) -> None:
     """Pack FOLDER into OUT/<package>-<branch>-<version>.zip and OUT/content.json (reproducibly)."""
     with reporting_errors():
-        if sign is not None:
-            raise ValidationError("signing (--sign) is not available in this version yet")
+        signing_key = load_private_key(sign.read_bytes()) if sign is not None else None
         if (version is None) == (bump is None):
             raise ValidationError("give exactly one of --version and --bump")
         if version is None:
@@ -92,9 +93,12 @@ def pack(
             after=after,
             depends=parse_depends(depends or []),
             excludes=exclude or [],
+            signing_key=signing_key,
         )
     typer.echo(f"packed {result.files} file(s), {result.size} bytes: {result.zip_path}")
     typer.echo(f"sha256 {result.content.sha256}: {result.content_path}")
+    if result.content.signature is not None:
+        typer.echo(f"signed with key {result.content.signature.keyid}")
 
 
 def _bumped(remote: str, package: str, branch: str, part: Bump) -> str:
@@ -227,7 +231,28 @@ def versions(
     Console().print(table)
 
 
+def keygen(
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for publisher.key and publisher.pub")],
+) -> None:
+    """Create an ed25519 publisher key pair: OUT/publisher.key (0600) and OUT/publisher.pub."""
+    with reporting_errors():
+        private_path, public_path = out / "publisher.key", out / "publisher.pub"
+        for path in (private_path, public_path):
+            if path.exists():
+                raise ValidationError(f"{path} exists already; refusing to overwrite a key")
+        out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = generate_private_key()
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as private_file:
+            private_file.write(private_key_pem(key))
+        public_path.write_text(public_key_line(key) + "\n")
+    typer.echo(f"private key: {private_path} (keep it secret; mode 0600)")
+    typer.echo(f"public key:  {public_path}: add its line to each device's trusted_keys")
+    typer.echo(public_key_line(key))
+
+
 def register(app: typer.Typer) -> None:
+    app.command()(keygen)
     app.command()(pack)
     app.command()(upload)
     app.command()(latest)
