@@ -52,3 +52,10 @@ def test_http_is_an_alias_of_flask() -> None:
 def test_invalid_config_names_the_field(raw: bytes, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         parse_device_config(raw)
+
+
+def test_trusted_keys_are_checked_at_load() -> None:
+    with pytest.raises(ValidationError, match="trusted key"):
+        parse_device_config(json.dumps({"token": "t", "trusted_keys": ["rsa:AAAA"]}))
+    key = "ed25519:" + "A" * 43 + "="
+    assert parse_device_config(json.dumps({"token": "t", "trusted_keys": [key]})).trusted_keys == [key]

@@ -15,6 +15,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from otakit.content import Content, describe_pydantic_error, parse_content
 from otakit.errors import ValidationError
+from otakit.signing import parse_public_key
 
 __all__ = ["ApiListen", "DeviceConfig", "parse_device_config"]
 
@@ -61,6 +62,16 @@ class DeviceConfig(BaseModel):
     def _check_token(cls, value: str) -> str:
         if not value:
             raise ValueError("token must not be empty: it guards the local API")
+        return value
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _check_keys(cls, value: list[str]) -> list[str]:
+        for line in value:
+            try:
+                parse_public_key(line)
+            except ValidationError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("package", mode="before")

@@ -27,6 +27,7 @@ from otakit.daemon.journal import Journal, Swap, remove_tree, sibling
 from otakit.daemon.plan import choose, install_order, is_upgrade
 from otakit.daemon.unpack import unpack
 from otakit.errors import ConflictError, NotFoundError, ValidationError
+from otakit.signing import parse_public_key, verify_content
 from otakit.versions import parse_version
 
 __all__ = ["InstallRequest", "Updater"]
@@ -49,6 +50,7 @@ class Updater:
         self.store = store
         self.fetcher = fetcher
         self._sources: dict[str, str] = {}
+        self.trusted = [parse_public_key(line) for line in store.config.trusted_keys]
         state = store.state_dir
         self.journal = Journal(state / "journal")
         self.downloads = state / "downloads"
@@ -172,11 +174,17 @@ class Updater:
                     continue
                 candidates = await self.fetcher.versions(content.remote, name, content.branch)
                 pick = choose(spec, candidates)
+                if pick is not None and have is not None and pick.parsed_version < have.parsed_version:
+                    raise ValidationError(
+                        f"{content.package} needs {name}{spec}, which would downgrade the installed "
+                        f"{have.version}; refusing"
+                    )
                 if pick is None:
                     raise ValidationError(
                         f"{content.package} needs {name}{spec or ''}, which no version on "
                         f"{content.remote} (branch {content.branch}) satisfies"
                     )
+                self.verify(pick)
                 chosen[name] = pick
                 self._sources[name] = content.remote  # fetched from the dependent's server
                 requires[content.package].add(name)
@@ -190,8 +198,18 @@ class Updater:
                 f"{by.package} needs {have.package}{spec}, but {have.version} is being installed"
             )
 
+    def verify(self, content: Content) -> None:
+        """With ``trusted_keys``, a package (dependency included) must carry a valid signature by one
+        of them; checked before anything is downloaded or run."""
+        if self.trusted:
+            verify_content(content.raw, self.trusted)
+
     async def _apply(self, job: Job, target: Content, *, local: str) -> None:
         job.to_version = target.version
+        job.step = "verify"
+        self.verify(target)
+        if self.trusted:
+            job.say(f"{target.package} {target.version}: signature verified")
         job.step = "resolve"
         plan = await self.resolve(target)
         for content in plan:
