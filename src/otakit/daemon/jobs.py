@@ -73,14 +73,16 @@ class JobRegistry:
             raise NotFoundError(f"no job {job_id}") from None
 
     def busy(self, package: str | None) -> bool:
-        return any(not job.finished and job.package in (package, None) for job in self._jobs.values())
+        """Whether a job for ``package`` (None: a check of every package) is in hand."""
+        return any(not job.finished and job.package == package for job in self._jobs.values())
 
     def start(self, package: str | None, action: Action, work: Callable[[Job], Awaitable[None]]) -> Job:
         """Run ``work(job)`` in the background; ConflictError if the package has a job in hand.
 
+        A check (``package`` None) only reads, and starts the update jobs it finds: it holds no package.
         ``work`` sets the final state; an exception it lets out marks the job failed.
         """
-        if self.busy(package) or (package is None and any(not j.finished for j in self._jobs.values())):
+        if self.busy(package):
             raise ConflictError(f"a job for {package or 'the device'} is running; wait for it to finish")
         job = Job(f"{self._prefix}-{next(self._ids)}", package, action)
         self._jobs[job.id] = job

@@ -75,16 +75,24 @@ class Swap:
         self.save()
 
     def undo(self) -> None:
-        """Reverse the renames that happened, newest first (also after a crash mid-``run``)."""
+        """Reverse the renames that happened, newest first (also after a crash mid-``run`` or mid-``undo``).
+
+        Each reversal is journaled as it is done (``next_step`` counts down), so a crash during the undo
+        leaves a journal that undoing again finishes, rather than one that would reverse twice.
+        """
         done = self.next_step
         if done < len(self.renames):
             source, _ = self.renames[done]
             if not (Path(source).exists() or Path(source).is_symlink()):
                 done += 1  # the step in hand had happened when the process died
-        for source, dest in reversed(self.renames[:done]):
+        while done > 0:
+            source, dest = self.renames[done - 1]
             if Path(dest).exists() or Path(dest).is_symlink():
                 os.replace(dest, source)
                 _fsync_dir(Path(source).parent)
+            done -= 1
+            self.next_step = done
+            self.save()
         self.next_step = 0
         self.save()
 
@@ -121,6 +129,8 @@ class Journal:
     def pending(self) -> list[Swap]:
         if not self.folder.is_dir():
             return []
+        for half_written in self.folder.glob(".*.tmp"):  # a save the process died in: never renamed in
+            half_written.unlink(missing_ok=True)
         swaps = []
         for path in sorted(self.folder.glob("*.json")):
             data = json.loads(path.read_bytes())

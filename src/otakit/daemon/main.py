@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -38,6 +39,9 @@ def run(
     listen = daemon.store.config.api
     if listen.debug:
         logging.getLogger().setLevel(logging.DEBUG)
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler it found:
+    # make that handler a clean exit, so that a stop asked for is status 0, not "killed by SIGTERM".
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         create_daemon_app(daemon),
         host=listen.host,
@@ -47,6 +51,10 @@ def run(
         log_config=None,
         timeout_graceful_shutdown=None,
     )
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def main() -> None:

@@ -273,18 +273,21 @@ class Updater:
         for leftover in (stage, trash):
             await anyio.to_thread.run_sync(remove_tree, leftover)
         local.parent.mkdir(parents=True, exist_ok=True)
+        renames = [(prev, trash)] if prev.exists() else []
+        renames += [(local, prev)] if local.exists() else []
+        renames.append((stage, local))
+        # Journaled before the staging folder is made, so that a daemon killed while unpacking has its
+        # half-filled staging folder removed at the next start.
+        swap = self.journal.begin(
+            action, name, local, installed.raw if installed else None, recorded.raw, renames
+        )
         try:
             files = await anyio.to_thread.run_sync(unpack, zip_path, stage)
         except BaseException:
             await anyio.to_thread.run_sync(remove_tree, stage)
+            await anyio.to_thread.run_sync(swap.finish)
             raise
         job.say(f"unpacked {files} file(s)")
-        renames = [(prev, trash)] if prev.exists() else []
-        renames += [(local, prev)] if local.exists() else []
-        renames.append((stage, local))
-        swap = self.journal.begin(
-            action, name, local, installed.raw if installed else None, recorded.raw, renames
-        )
         await anyio.to_thread.run_sync(swap.run)
 
         job.step = "AfterUpdate"
