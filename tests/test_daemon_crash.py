@@ -138,6 +138,15 @@ class Device:
         self.zips[version] = data
         return data
 
+    def move_to(self, remote: str) -> None:
+        """Point the device's record of the package at another server (as an operator would)."""
+        self.running().stop()
+        config = json.loads(self.config_path.read_text())
+        for package in config["package"]:
+            package["remote"] = remote
+        self.config_path.write_text(json.dumps(config))
+        self.start()
+
     def install_v1(self, *, v2_remote: str | None = None, v2_files: dict[str, bytes] | None = None) -> None:
         """Publish both versions, start the daemon and install 1.0.0 through its API."""
         if v2_files is not None:
@@ -164,8 +173,10 @@ class Device:
         with open(log, "ab") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "otakit.daemon", "--config", str(self.config_path)],
-                cwd=self.folder, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                cwd=self.folder,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         self.daemon = RunningDaemon(process, self.config_path, port, log)
 
     def running(self) -> RunningDaemon:
@@ -301,9 +312,19 @@ def device(tmp_path: Path, ota: RunningServer, pkg: str) -> Iterator[Device]:
         dev.close()
 
 
-def stalling_server() -> CuttingServer:
-    """Serves 2.0.0's zip; the first download stops sending at 3 of its 4 MiB and holds the connection."""
-    return CuttingServer(make_zip(BIG_V2), cut_after=3 * 1024 * 1024, cuts=1, stall=True)
+def stalling_server(device: Device) -> CuttingServer:
+    """The device's server from now on: answers /latestVersion with 2.0.0 and serves its zip, but the
+    first download stops sending at 3 of its 4 MiB and holds the connection."""
+    latest = httpx.get(f"{device.ota.url}/latestVersion", params={"package": device.pkg, "branch": "major"})
+    slow = CuttingServer(
+        device.zips[V2],
+        cut_after=3 * 1024 * 1024,
+        cuts=1,
+        stall=True,
+        routes={"/latestVersion": latest.content},
+    )
+    device.move_to(slow.url)
+    return slow
 
 
 def interrupted(log: str, action: str, pkg: str) -> bool:
@@ -331,8 +352,8 @@ def roll_back_to_v1(device: Device) -> None:
 
 def test_kill_in_download(device: Device) -> None:
     """A server that stalls halfway holds the download; the partial file is resumed afterwards."""
-    with stalling_server() as slow:
-        device.install_v1(v2_remote=slow.url + "/", v2_files=BIG_V2)
+    device.install_v1(v2_files=BIG_V2)
+    with stalling_server(device) as slow:
         device.wait_step(device.update(), "download", progress=50)
         log = device.kill_and_restart()
         assert "recovery:" not in log
@@ -556,8 +577,8 @@ def test_sigterm_in_after_update_finishes_the_update_and_exits_0(device: Device)
 
 
 def test_sigterm_while_downloading_exits_0_at_once_and_changes_nothing(device: Device) -> None:
-    with stalling_server() as slow:
-        device.install_v1(v2_remote=slow.url + "/", v2_files=BIG_V2)
+    device.install_v1(v2_files=BIG_V2)
+    with stalling_server(device):
         job_id = device.update()
         device.wait_step(job_id, "download", progress=50)
         started = time.monotonic()

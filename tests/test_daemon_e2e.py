@@ -496,14 +496,21 @@ def test_a_second_job_for_a_busy_package_is_refused(
         assert_error(api.call("POST", f"/packages/{name}/rollback"), 409)
         assert_error(api.call("DELETE", f"/packages/{name}"), 409)
         assert_error(api.call("POST", f"/packages/{name}/update", json={"version": "0.5"}), 400)
-        # other packages, and a check of them all, are not held up
-        assert api.install(publisher, other)["to_version"] == "1.0"
+        # a check of every package is not held up; another package's install waits its turn, since
+        # the daemon changes files one job at a time
         check = api.run_job("POST", "/check")
         assert any(f"{name}: 2.0 is available; a job for it is running" in line for line in check["log"])
+        queued = api.start_job("POST", "/packages", json=install_body(publisher, other))
+        deadline = time.monotonic() + 10
+        while api.get(f"/jobs/{queued['id']}")["job"]["step"] != "waiting":
+            assert time.monotonic() < deadline, "the second install did not wait for the first"
+            time.sleep(0.05)
         assert api.get(f"/jobs/{job['id']}")["job"]["state"] == "running"
 
         gate.touch()
         assert api.wait_job(job["id"])["state"] == "succeeded"
+        assert api.wait_job(queued["id"])["state"] == "succeeded"
+        assert api.version(other) == "1.0"
         assert tree(device / name) == default_files(name, "2.0")
         # free again
         assert api.run_job("POST", f"/packages/{name}/update")["to_version"] == "2.0"

@@ -10,12 +10,14 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import otakit
 from otakit.daemon.plan import is_upgrade
 from otakit.daemon.service import Daemon
 from otakit.daemon.updater import InstallRequest
-from otakit.errors import AuthError, NotFoundError
+from otakit.errors import NotFoundError
 from otakit.names import check_name
 from otakit.web import answer, install_error_handlers
 
@@ -27,17 +29,34 @@ def _daemon(request: Request) -> Daemon:
     return daemon
 
 
-def require_token(request: Request) -> None:
+def token_ok(headers: Headers, expected: str) -> bool:
     """``Authorization: Bearer <token>`` or ``X-Token: <token>``, compared in constant time."""
-    expected = _daemon(request).store.config.token.encode()
-    scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
-    supplied = bearer.strip() if scheme.lower() == "bearer" else request.headers.get("x-token", "")
-    if not supplied or not hmac.compare_digest(supplied.encode(), expected):
-        raise AuthError("a valid device token is required (Authorization: Bearer <token> or X-Token)")
+    scheme, _, bearer = headers.get("authorization", "").partition(" ")
+    supplied = bearer.strip() if scheme.lower() == "bearer" else headers.get("x-token", "")
+    return bool(supplied) and hmac.compare_digest(supplied.encode(), expected.encode())
+
+
+class TokenGuard:
+    """Checks the device token before anything else (routing, reading the body): every route but the
+    API's own description needs it."""
+
+    _OPEN = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json"})
+
+    def __init__(self, app: ASGIApp, daemon: Daemon) -> None:
+        self.app = app
+        self.daemon = daemon
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        guarded = scope["type"] == "http" and scope["path"] not in self._OPEN
+        if guarded and not token_ok(Headers(scope=scope), self.daemon.store.config.token):
+            error = "a valid device token is required (Authorization: Bearer <token> or X-Token)"
+            await answer(401, {"WWW-Authenticate": "Bearer"}, error=error)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 DaemonDep = Annotated[Daemon, Depends(_daemon)]
-router = APIRouter(dependencies=[Depends(require_token)])
+router = APIRouter()
 
 
 class InstallBody(BaseModel):
@@ -146,6 +165,7 @@ def create_daemon_app(daemon: Daemon) -> FastAPI:
 
     app = FastAPI(title="otakit daemon", version=otakit.__version__, lifespan=lifespan)
     app.state.daemon = daemon
+    app.add_middleware(TokenGuard, daemon=daemon)
     install_error_handlers(app)
     app.include_router(router)
     return app

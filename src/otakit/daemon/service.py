@@ -50,7 +50,7 @@ class Daemon:
         """Stop polling; let each job finish or roll back the step in hand (downloads are abandoned)."""
         if self._poller is not None:
             self._poller.cancel()
-        await self.jobs.drain(cancel_steps=("check", "resolve", "download"))
+        await self.jobs.drain(cancel_steps=("check", "verify", "waiting", "resolve", "download"))
         await self.fetcher.aclose()
         await self.quick.aclose()
 

@@ -8,10 +8,12 @@ finishes what was committed (the config names the new version) and undoes the re
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,25 @@ _KEEP_PARTIAL_S = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
+class Planned:
+    """One package to install: the content.json as the server gave it, the server it comes from and
+    the folder it goes to (both recorded with it: the device, not the publisher, decides them)."""
+
+    content: Content
+    remote: str
+    local: str
+
+    def recorded(self) -> Content:
+        """The content as received, with the device's server and folder where they differ from it."""
+        changes: dict[str, str] = {}
+        if self.content.remote.rstrip("/") != self.remote.rstrip("/"):
+            changes["remote"] = self.remote
+        if self.content.local != self.local:
+            changes["local"] = self.local
+        return parse_content({**self.content.raw, **changes}) if changes else self.content
+
+
+@dataclass(frozen=True)
 class InstallRequest:
     package: str
     branch: str
@@ -49,7 +70,8 @@ class Updater:
     def __init__(self, store: ConfigStore, fetcher: Fetcher) -> None:
         self.store = store
         self.fetcher = fetcher
-        self._sources: dict[str, str] = {}
+        # One change of files at a time: a dependency installed for one job is a package of its own.
+        self._changing = asyncio.Lock()
         self.trusted = [parse_public_key(line) for line in store.config.trusted_keys]
         state = store.state_dir
         self.journal = Journal(state / "journal")
@@ -82,7 +104,7 @@ class Updater:
         if self.store.config.installed(request.package) is not None:
             raise ConflictError(f"{request.package} is installed already; update it instead")
         target = await self._pick(request.remote, request.package, request.branch, request.version)
-        await self._apply(job, target, local=request.local)
+        await self._apply(job, Planned(target, request.remote, request.local))
 
     async def update(
         self, job: Job, name: str, version: str | None = None, allow_downgrade: bool = False
@@ -100,9 +122,17 @@ class Updater:
                 f"refusing to downgrade {name} from {installed.version} to {target.version} "
                 "without allow_downgrade"
             )
-        await self._apply(job, target, local=installed.local)
+        await self._apply(job, Planned(target, installed.remote, installed.local))
 
     async def rollback(self, job: Job, name: str) -> None:
+        async with self._exclusive(job):
+            await self._rollback(job, name)
+
+    async def remove(self, job: Job, name: str) -> None:
+        async with self._exclusive(job):
+            await self._remove(job, name)
+
+    async def _rollback(self, job: Job, name: str) -> None:
         installed = self.installed(name)
         previous = self.previous_of(name)
         if previous is None:
@@ -123,7 +153,7 @@ class Updater:
         await self._commit(job, swap, previous)
         job.state = "rolled_back"
 
-    async def remove(self, job: Job, name: str) -> None:
+    async def _remove(self, job: Job, name: str) -> None:
         installed = self.installed(name)
         job.from_version = installed.version
         local = self.store.local_path(installed)
@@ -147,19 +177,21 @@ class Updater:
                 return candidate
         raise NotFoundError(f"{package} {version} is not on {remote} (branch {branch})")
 
-    async def resolve(self, target: Content) -> list[Content]:
-        """``target`` and the dependencies it needs installed first, in install order.
+    async def resolve(self, goal: Planned) -> list[Planned]:
+        """``goal`` and the dependencies it needs installed first, in install order.
 
         Each missing or unsatisfied dependency is the highest version that satisfies the requirement on
-        the dependent's server and branch. A cycle or an unsatisfiable requirement is an error, raised
-        before anything is installed.
+        the dependent's server and branch, installed at its recorded folder (or its content's). A cycle
+        or an unsatisfiable requirement is an error, raised before anything is installed.
         """
+        target = goal.content
         chosen: dict[str, Content] = {target.package: target}
-        self._sources = {target.package: target.remote}
+        planned: dict[str, Planned] = {target.package: goal}
         requires: dict[str, set[str]] = {}
         queue = [target]
         while queue:
             content = queue.pop()
+            source = planned[content.package].remote
             requires[content.package] = set()
             for name, spec in content.requirements.items():
                 if name == content.package:  # the original project listed packages as their own dependency
@@ -172,7 +204,7 @@ class Updater:
                 have = self.store.config.installed(name)
                 if have is not None and spec.contains(have.parsed_version, prereleases=True):
                     continue
-                candidates = await self.fetcher.versions(content.remote, name, content.branch)
+                candidates = await self.fetcher.versions(source, name, content.branch)
                 pick = choose(spec, candidates)
                 if pick is not None and have is not None and pick.parsed_version < have.parsed_version:
                     raise ValidationError(
@@ -182,14 +214,14 @@ class Updater:
                 if pick is None:
                     raise ValidationError(
                         f"{content.package} needs {name}{spec or ''}, which no version on "
-                        f"{content.remote} (branch {content.branch}) satisfies"
+                        f"{source} (branch {content.branch}) satisfies"
                     )
                 self.verify(pick)
                 chosen[name] = pick
-                self._sources[name] = content.remote  # fetched from the dependent's server
+                planned[name] = Planned(pick, source, have.local if have else pick.local)
                 requires[content.package].add(name)
                 queue.append(pick)
-        return [chosen[name] for name in install_order(target.package, requires)]
+        return [planned[name] for name in install_order(target.package, requires)]
 
     @staticmethod
     def _require(spec: SpecifierSet, have: Content, by: Content) -> None:
@@ -204,26 +236,28 @@ class Updater:
         if self.trusted:
             verify_content(content.raw, self.trusted)
 
-    async def _apply(self, job: Job, target: Content, *, local: str) -> None:
+    async def _apply(self, job: Job, goal: Planned) -> None:
+        target = goal.content
         job.to_version = target.version
         job.step = "verify"
         self.verify(target)
         if self.trusted:
             job.say(f"{target.package} {target.version}: signature verified")
-        job.step = "resolve"
-        plan = await self.resolve(target)
-        for content in plan:
-            if content is not target:
-                job.say(f"dependency {content.package} {content.version} first")
-            installed = self.store.config.installed(content.package)
-            where = local if content is target else (installed.local if installed else content.local)
-            await self._install_one(job, content, where, "update" if installed else "install")
+        async with self._exclusive(job):
+            job.step = "resolve"
+            for step in await self.resolve(goal):
+                if step is not goal:
+                    job.say(f"dependency {step.content.package} {step.content.version} first")
+                installed = self.store.config.installed(step.content.package)
+                await self._install_one(job, step, "update" if installed else "install")
 
-    def _recorded(self, content: Content, local: str) -> Content:
-        """What the config records: the content as received, with the device's install folder."""
-        if content.local == local:
-            return content
-        return parse_content({**content.raw, "local": local})
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, job: Job) -> AsyncIterator[None]:
+        if self._changing.locked():
+            job.step = "waiting"
+            job.say("waiting for another job to finish changing files")
+        async with self._changing:
+            yield
 
     def _hook_env(self, content: Content, old: Content | None, local: Path) -> dict[str, str]:
         return {
@@ -248,10 +282,11 @@ class Updater:
             log=job.say,
         )
 
-    async def _install_one(self, job: Job, content: Content, local_text: str, action: str) -> None:
+    async def _install_one(self, job: Job, step: Planned, action: str) -> None:
+        content = step.content
         name = content.package
         installed = self.store.config.installed(name)
-        recorded = self._recorded(content, local_text)
+        recorded = step.recorded()
         local = self.store.local_path(recorded)
         job.say(
             f"{action} {name} {installed.version if installed else '(none)'} -> {content.version} at {local}"
@@ -261,8 +296,7 @@ class Updater:
         self.downloads.mkdir(parents=True, exist_ok=True)
         # Named by the sha256 too: a partial file of a since-replaced upload is never resumed.
         zip_path = self.downloads / f"{content.file_name}.{content.sha256.lower()[:16]}"
-        remote = self._sources.get(name, content.remote)
-        await self.fetcher.download(content, zip_path, progress=_progress(job), remote=remote)
+        await self.fetcher.download(content, zip_path, progress=_progress(job), remote=step.remote)
         job.say(f"downloaded and verified {content.file_name}")
 
         job.step = "BeforeUpdate"
