@@ -242,6 +242,9 @@ def test_every_route_needs_the_token(device: Path) -> None:
                 assert TOKEN not in response.text
         # a body that is invalid too is still refused for the token first
         assert_error(client.post("/packages", json={"package": 5}), 401)
+        broken = {"Content-Type": "application/json"}
+        assert_error(client.post("/packages", content=b"{not json", headers=broken), 401)
+        assert_error(client.get("/no-such-route"), 401)
 
         for headers in (
             {"Authorization": f"Bearer {TOKEN}"},
