@@ -8,10 +8,12 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
+from starlette.routing import Route
 
 import otakit
 from otakit.server.deps import State
 from otakit.server.filestore import LocalFileStore
+from otakit.server.latest_cache import LatestCache
 from otakit.server.publish import recover
 from otakit.server.repository import open_repository
 from otakit.server.routes import files, meta, upload, versions
@@ -40,7 +42,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             report = await recover(repo, store)
             if report.journals or report.objects or report.incoming:
                 log.warning("%s", report)
-            app.state.otakit = State(settings, repo, store)
+            app.state.otakit = State(settings, repo, store, LatestCache())
             yield
         finally:
             await repo.close()
@@ -52,6 +54,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # The hot path first, as a plain route; the documented FastAPI route behind it answers the same.
+    app.router.routes.append(Route("/latestVersion", versions.latest_answer, methods=["GET"]))
     for router in (meta.router, versions.router, files.router, upload.router):
         app.include_router(router)
     return app

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from otakit.errors import AuthError
 from otakit.server.filestore import FileStore
+from otakit.server.latest_cache import LatestCache
 from otakit.server.repository import Repository
 from otakit.server.settings import ServerSettings
 
@@ -21,6 +22,7 @@ class State:
     settings: ServerSettings
     repo: Repository
     store: FileStore
+    latest: LatestCache
 
 
 def _state(request: Request) -> State:
@@ -28,15 +30,17 @@ def _state(request: Request) -> State:
     return state
 
 
-def _repo(request: Request) -> Repository:
+# Dependencies are ``async def`` although they do no I/O: FastAPI runs a plain ``def`` dependency in a
+# worker thread, a hop that cost more than the rest of a /latestVersion answer.
+async def _repo(request: Request) -> Repository:
     return _state(request).repo
 
 
-def _store(request: Request) -> FileStore:
+async def _store(request: Request) -> FileStore:
     return _state(request).store
 
 
-def _settings(request: Request) -> ServerSettings:
+async def _settings(request: Request) -> ServerSettings:
     return _state(request).settings
 
 
@@ -45,9 +49,9 @@ class Publisher:
     anonymous: bool
 
 
-def require_publisher(request: Request) -> Publisher:
+async def require_publisher(request: Request) -> Publisher:
     """The caller's publisher token, checked in constant time; 401 without a valid one."""
-    settings = _settings(request)
+    settings = _state(request).settings
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()

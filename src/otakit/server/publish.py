@@ -71,6 +71,7 @@ async def publish(
         except BaseException:
             await _undo(repo, store, entry)
             raise
+        await run(store.bump_stamp)  # before the 200: no process answers from a cache made before it
         if committed and replaced is not None:
             await run(store.delete_object, replaced.object_id)
         await run(store.end_journal, upload_id)
@@ -135,4 +136,6 @@ async def recover(repo: Repository, store: FileStore) -> RecoveryReport:
             await run(store.delete_object, object_id)
             report.objects += 1
     report.incoming = await run(store.remove_stale_incoming)
+    if report.journals:
+        await run(store.bump_stamp)
     return report
