@@ -42,7 +42,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             report = await recover(repo, store)
             if report.journals or report.objects or report.incoming:
                 log.warning("%s", report)
-            app.state.otakit = State(settings, repo, store, LatestCache())
+            app.state.otakit = State(
+                settings, repo, store, LatestCache(max_age=settings.latest_cache_seconds)
+            )
             yield
         finally:
             await repo.close()

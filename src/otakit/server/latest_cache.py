@@ -3,7 +3,7 @@
 Every entry remembers the file store's stamp it was made under; every commit (in any process sharing
 the store) replaces the stamp, which empties the cache at the next request. Checking costs one
 ``stat``. ``max_age`` bounds what a process could serve if another died between its database commit
-and its stamp change.
+and its stamp change; 0 turns the cache off.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class LatestCache:
         return entry[1], entry[2]
 
     def put(self, key: tuple[str, str], stamp: object, body: bytes, etag: str) -> None:
-        if stamp != self._stamp:
+        if stamp != self._stamp or self.max_age <= 0:
             return  # made under a stamp that has changed since: do not keep it
         self._entries[key] = (time.monotonic(), body, etag)
         self._entries.move_to_end(key)

@@ -42,6 +42,9 @@ class ServerSettings(BaseSettings):
     )
     max_upload_bytes: int = Field(10 * 1024**3, gt=0, description="largest package file accepted")
     max_content_bytes: int = Field(1024 * 1024, gt=0, description="largest content.json accepted")
+    latest_cache_seconds: float = Field(
+        5.0, ge=0, description="how long a process may reuse a /latestVersion answer; any upload ends it"
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     log_level: str = "info"
