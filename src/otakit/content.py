@@ -20,7 +20,7 @@ from otakit.errors import ValidationError
 from otakit.names import check_name
 from otakit.versions import parse_specifier, parse_version, version_key
 
-__all__ = ["Content", "Signature", "describe_pydantic_error", "parse_content"]
+__all__ = ["Content", "Signature", "describe_pydantic_error", "load_json_object", "parse_content"]
 
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -128,17 +128,20 @@ def describe_pydantic_error(err: PydanticValidationError) -> str:
     return f"{where}: {message}"
 
 
-def parse_content(data: bytes | str | dict[str, Any], source: str = "content.json") -> Content:
-    """Validate a content.json given as JSON text or an already-decoded object."""
-    if isinstance(data, dict):
-        raw = data
-    else:
-        try:
-            raw = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValidationError(f"{source} is not valid JSON: {exc}") from None
+def load_json_object(data: bytes | str, source: str) -> dict[str, Any]:
+    """Decode JSON text that must be an object; ValidationError naming ``source`` otherwise."""
+    try:
+        raw = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValidationError(f"{source} is not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise ValidationError(f"{source} must be a JSON object")
+    return raw
+
+
+def parse_content(data: bytes | str | dict[str, Any], source: str = "content.json") -> Content:
+    """Validate a content.json given as JSON text or an already-decoded object."""
+    raw = data if isinstance(data, dict) else load_json_object(data, source)
     try:
         content = Content.model_validate(raw)
     except PydanticValidationError as exc:

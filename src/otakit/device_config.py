@@ -7,13 +7,12 @@ objects kept as they were received (``Content.raw``).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from otakit.content import Content, describe_pydantic_error, parse_content
+from otakit.content import Content, describe_pydantic_error, load_json_object, parse_content
 from otakit.errors import ValidationError
 from otakit.signing import parse_public_key
 
@@ -94,12 +93,7 @@ class DeviceConfig(BaseModel):
 
 
 def parse_device_config(data: bytes | str, source: str = "daemon config") -> DeviceConfig:
-    try:
-        raw = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValidationError(f"{source} is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ValidationError(f"{source} must be a JSON object")
+    raw = load_json_object(data, source)
     try:
         return DeviceConfig.model_validate(raw)
     except PydanticValidationError as exc:

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from otakit.content import Content, parse_content
 from otakit.errors import ValidationError
+from otakit.fsutil import write_atomically
 from otakit.names import check_name
 from otakit.signing import sign_content
 from otakit.versions import parse_specifier
@@ -209,15 +210,6 @@ def _seed_ordered(values: dict[str, Any]) -> dict[str, Any]:
     return ordered
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    with open(temp, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temp, path)
-
-
 def pack(
     folder: Path,
     out_dir: Path,
@@ -270,5 +262,5 @@ def pack(
         final = sign_content(final, signing_key)
     content = parse_content(final)
     text = json.dumps(content.raw, indent=2, ensure_ascii=False) + "\n"
-    _write_atomically(content_path, text.encode("utf-8"))
+    write_atomically(content_path, text.encode("utf-8"), mode=0o644)
     return PackResult(zip_path, content_path, content, size, sum(1 for e in entries if e.source is not None))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 
 import anyio.to_thread
@@ -17,26 +16,9 @@ import anyio.to_thread
 from otakit.content import Content
 from otakit.device_config import DeviceConfig, parse_device_config
 from otakit.errors import ValidationError
+from otakit.fsutil import write_atomically
 
-__all__ = ["ConfigStore", "write_atomically"]
-
-
-def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+__all__ = ["ConfigStore"]
 
 
 class ConfigStore:

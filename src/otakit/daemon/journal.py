@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from otakit.daemon.config_store import write_atomically
+from otakit.fsutil import fsync_dir, write_atomically
 
 __all__ = ["Journal", "Swap", "remove_tree", "sibling"]
 
@@ -24,14 +24,6 @@ __all__ = ["Journal", "Swap", "remove_tree", "sibling"]
 def sibling(local: Path, tag: str) -> Path:
     """A hidden folder beside ``local`` (same file system, so renames are atomic)."""
     return local.parent / f".{local.name}.otakit-{tag}"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -70,7 +62,7 @@ class Swap:
             source, dest = self.renames[self.next_step]
             if Path(source).exists() or Path(source).is_symlink():
                 os.replace(source, dest)
-                _fsync_dir(Path(dest).parent)
+                fsync_dir(Path(dest).parent)
             self.next_step += 1
         self.save()
 
@@ -89,7 +81,7 @@ class Swap:
             source, dest = self.renames[done - 1]
             if Path(dest).exists() or Path(dest).is_symlink():
                 os.replace(dest, source)
-                _fsync_dir(Path(source).parent)
+                fsync_dir(Path(source).parent)
             done -= 1
             self.next_step = done
             self.save()

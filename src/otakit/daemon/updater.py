@@ -21,7 +21,7 @@ import anyio.to_thread
 from packaging.specifiers import SpecifierSet
 
 from otakit.content import Content, parse_content
-from otakit.daemon.config_store import ConfigStore, write_atomically
+from otakit.daemon.config_store import ConfigStore
 from otakit.daemon.fetch import Fetcher
 from otakit.daemon.hooks import HookError, run_hook
 from otakit.daemon.jobs import Job
@@ -29,6 +29,7 @@ from otakit.daemon.journal import Journal, Swap, remove_tree, sibling
 from otakit.daemon.plan import choose, install_order, is_upgrade
 from otakit.daemon.unpack import unpack
 from otakit.errors import ConflictError, NotFoundError, ValidationError
+from otakit.fsutil import write_atomically
 from otakit.signing import parse_public_key, verify_content
 from otakit.versions import parse_version
 

@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO
 
+from otakit.fsutil import fsync_dir, write_all
 from otakit.server.filestore.base import FileStore, IncomingFile, JournalEntry
 
 __all__ = ["LocalFileStore"]
@@ -33,14 +34,6 @@ _DIR_MODE = 0o755
 _FILE_MODE = 0o644
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _mkdirs(path: Path) -> None:
     """Create ``path`` and missing parents, each made durable in its parent."""
     if path.is_dir():
@@ -48,7 +41,7 @@ def _mkdirs(path: Path) -> None:
     _mkdirs(path.parent)
     with contextlib.suppress(FileExistsError):
         path.mkdir(mode=_DIR_MODE)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def _try_lock(fd: int) -> bool:
@@ -59,12 +52,6 @@ def _try_lock(fd: int) -> bool:
             return False
         raise
     return True
-
-
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 class _DirectWriter:
@@ -91,7 +78,7 @@ class _DirectWriter:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._buffer is None:
-            _write_all(self.fd, data)
+            write_all(self.fd, data)
             return
         view = memoryview(data)
         while view:
@@ -113,7 +100,7 @@ class _DirectWriter:
             written = 0
         if written != length:  # refused or cut short: finish without O_DIRECT
             self._set_direct(False)
-            _write_all(self.fd, block[written:])
+            write_all(self.fd, block[written:])
         block.release()
         self._fill = 0
 
@@ -211,7 +198,7 @@ class LocalFileStore(FileStore):
     def adopt(self, incoming: IncomingFile) -> None:
         assert isinstance(incoming, _LocalIncoming)
         os.replace(incoming.path, self._object_path(incoming.upload_id))
-        _fsync_dir(self._objects)
+        fsync_dir(self._objects)
         incoming.close()
 
     def remove_stale_incoming(self) -> int:
@@ -267,13 +254,13 @@ class LocalFileStore(FileStore):
             temp.unlink()
         os.link(self._object_path(object_id), temp)
         os.replace(temp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def unlink_layout(self, package: str, branch: str, version: str) -> None:
         path = self.layout_path(package, branch, version)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     def discard_link(self, package: str, branch: str, upload_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -288,7 +275,7 @@ class LocalFileStore(FileStore):
             os.write(fd, json.dumps(entry.to_json()).encode())
             os.fsync(fd)
             os.replace(temp, self._journal / f"{entry.upload_id}.json")
-            _fsync_dir(self._journal)
+            fsync_dir(self._journal)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
