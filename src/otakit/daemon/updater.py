@@ -105,7 +105,7 @@ class Updater:
         if self.store.config.installed(request.package) is not None:
             raise ConflictError(f"{request.package} is installed already; update it instead")
         target = await self._pick(request.remote, request.package, request.branch, request.version)
-        await self._apply(job, Planned(target, request.remote, request.local))
+        await self._apply(job, Planned(target, request.remote, request.local), expect=None)
 
     async def update(
         self, job: Job, name: str, version: str | None = None, allow_downgrade: bool = False
@@ -123,7 +123,7 @@ class Updater:
                 f"refusing to downgrade {name} from {installed.version} to {target.version} "
                 "without allow_downgrade"
             )
-        await self._apply(job, Planned(target, installed.remote, installed.local))
+        await self._apply(job, Planned(target, installed.remote, installed.local), expect=installed.version)
 
     async def rollback(self, job: Job, name: str) -> None:
         async with self._exclusive(job):
@@ -237,7 +237,9 @@ class Updater:
         if self.trusted:
             verify_content(content.raw, self.trusted)
 
-    async def _apply(self, job: Job, goal: Planned) -> None:
+    async def _apply(self, job: Job, goal: Planned, *, expect: str | None) -> None:
+        """Install ``goal`` and what it needs, if its package is still at ``expect`` (None: absent)
+        once this job's turn to change files has come."""
         target = goal.content
         job.to_version = target.version
         job.step = "verify"
@@ -245,6 +247,9 @@ class Updater:
         if self.trusted:
             job.say(f"{target.package} {target.version}: signature verified")
         async with self._exclusive(job):
+            now = self.store.config.installed(target.package)
+            if (now.version if now else None) != expect:
+                raise ConflictError(f"{target.package} changed while this job waited; ask again")
             job.step = "resolve"
             for step in await self.resolve(goal):
                 if step is not goal:
