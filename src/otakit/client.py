@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 
@@ -32,29 +33,42 @@ _ERRORS: dict[int, type[OtakitError]] = {
     413: TooLargeError,
 }
 Progress = Callable[[int], None]  # called with the bytes of the file sent so far
+Body = Callable[[], Iterator[bytes]]
+_PIECE = 1024 * 1024
 
 
-class _ProgressFile:
-    """A file whose reads report progress; httpx streams multipart file parts by reading them."""
+def _multipart(zip_path: Path, content_text: str, progress: Progress | None) -> tuple[dict[str, str], Body]:
+    """A multipart/form-data body: ``content`` first, then the file read in 1 MiB pieces (httpx's own
+    multipart reads 64 KiB ones, which cost a third more CPU per GiB), with an exact Content-Length."""
+    boundary = secrets.token_hex(16)
+    name = os.path.basename(zip_path).replace('"', "%22").replace("\r", "").replace("\n", "")
+    head = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="content"\r\n'
+            "Content-Type: application/json\r\n\r\n"
+        ).encode()
+        + content_text.encode("utf-8")
+        + (
+            f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            "Content-Type: application/zip\r\n\r\n"
+        ).encode()
+    )
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    length = len(head) + os.path.getsize(zip_path) + len(tail)
 
-    def __init__(self, file: IO[bytes], progress: Progress | None) -> None:
-        self._file = file
-        self._progress = progress
+    def body() -> Iterator[bytes]:
+        yield head
+        with open(zip_path, "rb") as file:
+            sent = 0
+            while piece := file.read(_PIECE):
+                yield piece
+                sent += len(piece)
+                if progress is not None:
+                    progress(sent)
+        yield tail
 
-    def read(self, size: int = -1) -> bytes:
-        data = self._file.read(size)
-        if self._progress is not None and data:
-            self._progress(self._file.tell())
-        return data
-
-    def fileno(self) -> int:  # lets httpx send a Content-Length
-        return self._file.fileno()
-
-    def tell(self) -> int:
-        return self._file.tell()
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._file.seek(offset, whence)
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(length)}
+    return headers, body
 
 
 class ServerClient:
@@ -88,15 +102,14 @@ class ServerClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _request(
-        self, method: str, path: str, *, rewind: Callable[[], object] | None = None, **kwargs: Any
-    ) -> Any:
-        """Send with retries on connection failures; return the JSON answer or raise OtakitError."""
+    def _request(self, method: str, path: str, *, body: Body | None = None, **kwargs: Any) -> Any:
+        """Send with retries on connection failures (a fresh ``body()`` each time); return the JSON
+        answer or raise OtakitError."""
         delay = 0.25
         for attempt in range(self.retries + 1):
             try:
-                if rewind is not None:
-                    rewind()
+                if body is not None:
+                    kwargs["content"] = body()
                 response = self._http.request(method, path, **kwargs)
                 break
             except httpx.TransportError as exc:
@@ -140,16 +153,6 @@ class ServerClient:
         self, zip_path: Path, content_text: str, *, force: bool = False, progress: Progress | None = None
     ) -> None:
         """Stream ``zip_path`` with its content.json (sent first, so a duplicate is refused at once)."""
-        with open(zip_path, "rb") as raw:
-            file = _ProgressFile(raw, progress)
-            files = {
-                "content": (None, content_text, "application/json"),
-                "file": (os.path.basename(zip_path), file, "application/zip"),
-            }
-            self._request(
-                "PUT",
-                "/upload",
-                params={"force": "1"} if force else None,
-                files=files,
-                rewind=lambda: raw.seek(0),
-            )
+        headers, body = _multipart(zip_path, content_text, progress)
+        params = {"force": "1"} if force else None
+        self._request("PUT", "/upload", params=params, headers=headers, body=body)

@@ -13,7 +13,6 @@ from typing import Annotated, Any
 import typer
 from packaging.version import Version
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
 from otakit.cli.errors import reporting_errors
@@ -162,6 +161,8 @@ def _send(client: ServerClient, zip_file: Path, text: str, size: int, *, force: 
         typer.echo(f"uploading {zip_file.name} ({size} bytes) to {client.base_url}", err=True)
         client.upload(zip_file, text, force=force)
         return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
     columns = (
         "{task.description}",
         BarColumn(),

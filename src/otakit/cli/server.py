@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from otakit.cli.errors import reporting_errors
-from otakit.server.settings import ServerSettings, load_settings
+
+if TYPE_CHECKING:  # the server's modules load only for the server's commands
+    from otakit.server.settings import ServerSettings
 
 server_app = typer.Typer(help="Run or check the otakit server.", no_args_is_help=False)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
@@ -20,6 +22,8 @@ ConfigOption = Annotated[
 
 
 def _settings(config: Path | None, **overrides: Any) -> ServerSettings:
+    from otakit.server.settings import load_settings
+
     return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
