@@ -6,6 +6,7 @@ alternated round by round; medians are quoted. Nothing here asserts on time.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -222,3 +223,23 @@ def _fmt(value: object) -> str:
 def verdict(ratio: float, goal: float, higher_is_better: bool = True) -> str:
     met = ratio >= goal if higher_is_better else ratio <= goal
     return f"{'met' if met else 'NOT met'} (goal {'>=' if higher_is_better else '<='} {goal})"
+
+
+def bench_parser(
+    doc: str | None, *, size_mb: int, rounds: int = 5, what: str = "package", cache: str | None = None
+) -> argparse.ArgumentParser:
+    """The flags every benchmark shares: --size-mb, --rounds, --warmup and (with ``cache``) --cache."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--size-mb", type=int, default=size_mb, help=f"{what} size in MiB (default {size_mb})"
+    )
+    parser.add_argument("--rounds", type=int, default=rounds, help=f"alternated rounds (default {rounds})")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+    if cache is not None:
+        parser.add_argument(
+            "--cache",
+            choices=["cold", "warm"],
+            default=cache,
+            help=f"cold: drop the data from the page cache before each run; warm: pre-read it (default {cache})",
+        )
+    return parser

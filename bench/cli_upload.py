@@ -19,7 +19,6 @@ cli/curl (goal >= 0.9), and the CLI process's peak RSS (goal < 100 MB).
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 from _common import (
     TOKEN,
     MiB,
+    bench_parser,
     content_json,
     drop_cache,
     make_random_file,
@@ -88,18 +88,7 @@ def curl_upload(url: str, content: Path, zip_path: Path) -> tuple[float, float, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--size-mb", type=int, default=1024, help="package size in MiB (default 1024)")
-    parser.add_argument("--rounds", type=int, default=5, help="alternated rounds (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-    parser.add_argument(
-        "--cache",
-        choices=["cold", "warm"],
-        default="cold",
-        help="drop the package from the page cache before each run (default), or pre-read it",
-    )
+    parser = bench_parser(__doc__, size_mb=1024, rounds=5, what="package", cache="cold")
     args = parser.parse_args()
     if not os.access(TIME, os.X_OK):
         raise SystemExit("needs GNU time: apt-get install -y time")

@@ -23,7 +23,6 @@ Prints seconds of each, the median ratio daemon/baseline (goal <= 1.5) and the d
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -40,6 +39,7 @@ import httpx
 from _common import (
     TOKEN,
     MiB,
+    bench_parser,
     free_port,
     make_random_file,
     median,
@@ -206,13 +206,8 @@ def baseline(url: str, work: Path) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--size-mb", type=int, default=200, help="package size in MiB (default 200)")
+    parser = bench_parser(__doc__, size_mb=200, rounds=5, what="package")
     parser.add_argument("--files", type=int, default=4, help="random files in the package (default 4)")
-    parser.add_argument("--rounds", type=int, default=5, help="alternated rounds (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     parser.add_argument(
         "--method",
         choices=["deflated", "stored"],

@@ -14,7 +14,6 @@ is read once before every run, so both serve from memory, as a busy server does)
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ import httpx
 from _common import (
     TOKEN,
     MiB,
+    bench_parser,
     content_json,
     drop_cache,
     free_port,
@@ -129,18 +129,7 @@ def curl_get(url: str, size: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--size-mb", type=int, default=1024, help="package size in MiB (default 1024)")
-    parser.add_argument("--rounds", type=int, default=5, help="alternated rounds (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-    parser.add_argument(
-        "--cache",
-        choices=["warm", "cold"],
-        default="warm",
-        help="serve from the page cache (pre-read) or drop the file before each run",
-    )
+    parser = bench_parser(__doc__, size_mb=1024, rounds=5, what="package", cache="warm")
     args = parser.parse_args()
     size = args.size_mb * MiB
     package, branch, version = "benchpkg", "main", "1.0.0"

@@ -19,7 +19,6 @@ checked over all the runs (warm-up included) and printed.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -31,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import MiB, drop_cache, median, print_table, temp_dir, verdict, warm_cache
+from _common import MiB, bench_parser, drop_cache, median, print_table, temp_dir, verdict, warm_cache
 
 KiB = 1024
 LARGE_FILES = 3
@@ -151,20 +150,9 @@ def run_zip(folder: Path, out: Path) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--size-mb", type=int, default=1024, help="folder size in MiB (default 1024)")
+    parser = bench_parser(__doc__, size_mb=1024, rounds=3, what="folder", cache="warm")
     parser.add_argument(
         "--small-files", type=int, default=20000, help="small files, 1-32 KiB each (default 20000)"
-    )
-    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds (default 3)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-    parser.add_argument(
-        "--cache",
-        choices=["warm", "cold"],
-        default="warm",
-        help="pre-read the source files before each run (default), or drop them from the page cache",
     )
     args = parser.parse_args()
     if not shutil.which("zip"):

@@ -13,7 +13,6 @@ ratio subject/baseline (goal >= 1.0), and the server's peak RSS (VmHWM; goal < 1
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import resource
@@ -24,6 +23,7 @@ from pathlib import Path
 from _common import (
     TOKEN,
     MiB,
+    bench_parser,
     content_json,
     drop_cache,
     make_random_file,
@@ -87,18 +87,7 @@ def curl_upload(url: str, content: Path, zip_path: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--size-mb", type=int, default=1024, help="package size in MiB (default 1024)")
-    parser.add_argument("--rounds", type=int, default=5, help="alternated rounds (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-    parser.add_argument(
-        "--cache",
-        choices=["cold", "warm"],
-        default="cold",
-        help="drop the source file from the page cache before each run, or pre-read it",
-    )
+    parser = bench_parser(__doc__, size_mb=1024, rounds=5, what="package", cache="cold")
     parser.add_argument(
         "--server-env",
         action="append",
