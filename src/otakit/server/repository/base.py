@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Claim", "Repository", "VersionKey", "VersionRow"]
+__all__ = ["COLUMNS", "Claim", "Repository", "VersionKey", "VersionRow", "list_query"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,20 @@ class VersionRow:
     @property
     def sha256(self) -> str:
         return str(self.content_json["sha256"]).lower()
+
+
+COLUMNS = "name, branch, version, version_key, content, object_id"
+
+
+def list_query(
+    placeholder: str, name: str, branch: str | None, version_key: str | None
+) -> tuple[str, tuple[str, ...]]:
+    """The ``list_versions`` query, parameterised with the driver's ``placeholder`` (``?`` or ``%s``)."""
+    filters = [("name", name), ("branch", branch), ("version_key", version_key)]
+    used = [(column, value) for column, value in filters if value is not None]
+    where = " AND ".join(f"{column} = {placeholder}" for column, _ in used)
+    sql = f"SELECT {COLUMNS} FROM ota WHERE {where} ORDER BY version_key DESC, branch"
+    return sql, tuple(value for _, value in used)
 
 
 class Claim(abc.ABC):

@@ -19,14 +19,13 @@ import aiomysql
 import pymysql.err
 
 from otakit.errors import ConflictError, UnavailableError
-from otakit.server.repository.base import Claim, Repository, VersionKey, VersionRow
+from otakit.server.repository.base import COLUMNS, Claim, Repository, VersionKey, VersionRow, list_query
 from otakit.server.repository.migrations import load_migrations
 
 __all__ = ["MySQLRepository", "mysql_params"]
 
 _SCHEMES = ("mysql", "mariadb", "mysql+aiomysql")
-_COLUMNS = "name, branch, version, version_key, content, object_id"
-_SELECT_KEY = f"SELECT {_COLUMNS} FROM ota WHERE name = %s AND branch = %s AND version_key = %s"
+_SELECT_KEY = f"SELECT {COLUMNS} FROM ota WHERE name = %s AND branch = %s AND version_key = %s"
 # Our own sessions are strict (an over-long value is an error, never truncated) and never use
 # NO_BACKSLASH_ESCAPES or ANSI_QUOTES, whatever the server's default: the driver quotes parameters
 # with backslash escapes.
@@ -144,7 +143,7 @@ class _MySQLClaim(Claim):
                 with self._errors(self._conn):
                     if self.existing is None:
                         await cur.execute(
-                            f"INSERT INTO ota ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+                            f"INSERT INTO ota ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
                             (row.name, row.branch, row.version, row.version_key, row.content, row.object_id),
                         )
                     else:
@@ -322,7 +321,7 @@ class MySQLRepository(Repository):
 
     async def latest(self, name: str, branch: str) -> VersionRow | None:
         rows = await self._fetch(
-            f"SELECT {_COLUMNS} FROM ota WHERE name = %s AND branch = %s ORDER BY version_key DESC LIMIT 1",
+            f"SELECT {COLUMNS} FROM ota WHERE name = %s AND branch = %s ORDER BY version_key DESC LIMIT 1",
             (name, branch),
         )
         return _row(rows[0]) if rows else None
@@ -334,17 +333,7 @@ class MySQLRepository(Repository):
     async def list_versions(
         self, name: str, branch: str | None = None, version_key: str | None = None
     ) -> list[VersionRow]:
-        where, params = ["name = %s"], [name]
-        if branch is not None:
-            where.append("branch = %s")
-            params.append(branch)
-        if version_key is not None:
-            where.append("version_key = %s")
-            params.append(version_key)
-        rows = await self._fetch(
-            f"SELECT {_COLUMNS} FROM ota WHERE {' AND '.join(where)} ORDER BY version_key DESC, branch",
-            params,
-        )
+        rows = await self._fetch(*list_query("%s", name, branch, version_key))
         return [_row(r) for r in rows]
 
     @asynccontextmanager

@@ -16,13 +16,12 @@ from typing import TypeVar
 import aiosqlite
 
 from otakit.errors import ConflictError, UnavailableError
-from otakit.server.repository.base import Claim, Repository, VersionKey, VersionRow
+from otakit.server.repository.base import COLUMNS, Claim, Repository, VersionKey, VersionRow, list_query
 from otakit.server.repository.migrations import load_migrations
 
 __all__ = ["SQLiteRepository", "sqlite_path"]
 
 _T = TypeVar("_T")
-_COLUMNS = "name, branch, version, version_key, content, object_id"
 _BUSY_TIMEOUT_MS = 30_000
 
 
@@ -49,7 +48,7 @@ class _SQLiteClaim(Claim):
         try:
             if self.existing is None:
                 await self._conn.execute(
-                    f"INSERT INTO ota ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO ota ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                     (row.name, row.branch, row.version, row.version_key, row.content, row.object_id),
                 )
             else:
@@ -160,14 +159,14 @@ class SQLiteRepository(Repository):
 
     async def latest(self, name: str, branch: str) -> VersionRow | None:
         rows = await self._fetch(
-            f"SELECT {_COLUMNS} FROM ota WHERE name = ? AND branch = ? ORDER BY version_key DESC LIMIT 1",
+            f"SELECT {COLUMNS} FROM ota WHERE name = ? AND branch = ? ORDER BY version_key DESC LIMIT 1",
             (name, branch),
         )
         return rows[0] if rows else None
 
     async def get(self, key: VersionKey) -> VersionRow | None:
         rows = await self._fetch(
-            f"SELECT {_COLUMNS} FROM ota WHERE name = ? AND branch = ? AND version_key = ?",
+            f"SELECT {COLUMNS} FROM ota WHERE name = ? AND branch = ? AND version_key = ?",
             (key.name, key.branch, key.version_key),
         )
         return rows[0] if rows else None
@@ -175,17 +174,7 @@ class SQLiteRepository(Repository):
     async def list_versions(
         self, name: str, branch: str | None = None, version_key: str | None = None
     ) -> list[VersionRow]:
-        where, params = ["name = ?"], [name]
-        if branch is not None:
-            where.append("branch = ?")
-            params.append(branch)
-        if version_key is not None:
-            where.append("version_key = ?")
-            params.append(version_key)
-        return await self._fetch(
-            f"SELECT {_COLUMNS} FROM ota WHERE {' AND '.join(where)} ORDER BY version_key DESC, branch",
-            tuple(params),
-        )
+        return await self._fetch(*list_query("?", name, branch, version_key))
 
     @asynccontextmanager
     async def claim(self, key: VersionKey) -> AsyncIterator[Claim]:
@@ -194,7 +183,7 @@ class SQLiteRepository(Repository):
             await self._guard(lambda: writer.execute("BEGIN IMMEDIATE"))
             try:
                 async with writer.execute(
-                    f"SELECT {_COLUMNS} FROM ota WHERE name = ? AND branch = ? AND version_key = ?",
+                    f"SELECT {COLUMNS} FROM ota WHERE name = ? AND branch = ? AND version_key = ?",
                     (key.name, key.branch, key.version_key),
                 ) as cur:
                     found = await cur.fetchone()
