@@ -118,8 +118,12 @@ def _is_unavailable(exc: BaseException) -> bool:
 
     pymysql files every server error it does not know as ``OperationalError``, so the number decides.
     """
+    args = exc.args if isinstance(exc, pymysql.err.MySQLError) else ()
+    errno = args[0] if args and isinstance(args[0], int) else 0
+    if isinstance(exc, pymysql.err.ProgrammingError):
+        # Our tables are gone (a dropped or not yet migrated database): the operator's to mend.
+        return errno == _ER_NO_SUCH_TABLE
     if isinstance(exc, pymysql.err.OperationalError | pymysql.err.InternalError):
-        errno = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
         return errno in _OUTAGE_ERRNOS or _CLIENT_ERRNOS.start <= errno < _CLIENT_ERRNOS.stop
     return isinstance(exc, pymysql.err.InterfaceError | OSError)  # TimeoutError is an OSError
 
