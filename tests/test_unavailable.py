@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.api_client import upload
 from tests.databases import mysql_database
+from tests.samples import content_for, make_zip
 from tests.servers import run_server
 
 
@@ -38,3 +40,14 @@ def test_database_outage_is_503(tmp_path: Path) -> None:
             response = client.get(path, params=params)
             assert response.status_code == 503, (path, response.text)
             assert response.json()["status"] == 503
+
+
+def test_a_file_store_that_cannot_be_written_is_503_and_keeps_nothing(tmp_path: Path) -> None:
+    with run_server(tmp_path, f"sqlite:///{tmp_path / 'ota.db'}") as server:
+        shutil.rmtree(server.files_dir / ".incoming")  # uploads can no longer be received
+        data = make_zip()
+        response = upload(server, content_for(data, "p", "1.0"), data)
+        assert response.status_code == 503, response.text
+        assert response.json()["status"] == 503
+        with server.client() as client:
+            assert client.get("/latestVersion", params={"package": "p", "branch": "major"}).status_code == 404

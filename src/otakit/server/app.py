@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
 from starlette.routing import Route
 
 import otakit
@@ -18,7 +19,7 @@ from otakit.server.publish import recover
 from otakit.server.repository import open_repository
 from otakit.server.routes import files, meta, upload, versions
 from otakit.server.settings import ServerSettings, load_settings
-from otakit.web import install_error_handlers
+from otakit.web import answer, install_error_handlers
 
 __all__ = ["create_app"]
 
@@ -56,6 +57,14 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+
+    async def storage_error(request: Request, exc: Exception) -> Response:
+        # An OSError that escapes a route is the file store failing (a full or read-only disk, a lost
+        # mount): not the request's fault, so 503 and the client retries later.
+        log.error("file store error on %s %s: %s", request.method, request.url.path, exc)
+        return answer(503, error=f"the file store is unavailable: {getattr(exc, 'strerror', None) or exc}")
+
+    app.add_exception_handler(OSError, storage_error)
     # The hot path first, as a plain route; the documented FastAPI route behind it answers the same.
     app.router.routes.append(Route("/latestVersion", versions.latest_answer, methods=["GET"]))
     for router in (meta.router, versions.router, files.router, upload.router):
