@@ -90,15 +90,21 @@ class RunningDaemon:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def start_daemon(config_path: Path, *, env: dict[str, str] | None = None) -> RunningDaemon:
-    """Start ``python -m otakit.daemon --config PATH`` and wait until its API answers."""
+def start_daemon(
+    config_path: Path, *, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> RunningDaemon:
+    """Start ``python -m otakit.daemon --config PATH`` (in the config's folder, or ``cwd``) and wait
+    until its API answers."""
     port = json.loads(config_path.read_text())["flask"]["port"]
     log = config_path.parent / f"daemon-{port}.log"
     with open(log, "ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "otakit.daemon", "--config", str(config_path)],
-            cwd=config_path.parent, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=cwd or config_path.parent,
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     daemon = RunningDaemon(process, config_path, port, log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -178,28 +178,6 @@ def assert_error(response: httpx.Response, status: int) -> str:
     return error
 
 
-def start_elsewhere(config_path: Path, cwd: Path) -> RunningDaemon:
-    """Like ``start_daemon``, but from another working folder (as systemd starts it, from /)."""
-    port = json.loads(config_path.read_text())["flask"]["port"]
-    log = config_path.parent / f"daemon-{port}.log"
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "otakit.daemon", "--config", str(config_path)],
-            cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    daemon = RunningDaemon(process, config_path, port, log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, daemon.log_text()
-        try:
-            httpx.get(f"{daemon.url}/info", timeout=1)
-            return daemon
-        except httpx.TransportError:
-            time.sleep(0.05)
-    daemon.kill()
-    raise AssertionError(f"daemon did not answer:\n{daemon.log_text()}")
-
-
 # -- the token ---------------------------------------------------------------------------------------
 
 ROUTES = [
@@ -341,7 +319,7 @@ def test_install_resolves_local_against_the_config_folder(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
 
-    daemon = start_elsewhere(config_path, cwd=elsewhere)
+    daemon = start_daemon(config_path, cwd=elsewhere)  # as systemd starts it, from elsewhere
     api = Api(daemon)
     try:
         job = api.install(publisher, name, local="apps/deep/app")
