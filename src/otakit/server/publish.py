@@ -31,9 +31,18 @@ from otakit.server.filestore import FileStore, IncomingFile, JournalEntry
 from otakit.server.repository import Repository, VersionKey, VersionRow
 from otakit.versions import version_key
 
-__all__ = ["RecoveryReport", "publish", "reconcile", "recover"]
+__all__ = ["RecoveryReport", "publish", "reconcile", "recover", "version_exists"]
 
 log = logging.getLogger("otakit.server")
+
+
+def version_exists(content: Content, existing: VersionRow | None) -> ConflictError:
+    """The 409 for an upload of a version the store has (as a row, or a file without one)."""
+    shown = existing.version if existing is not None else content.version
+    return ConflictError(
+        f"{content.package} {shown} on branch {content.branch} exists already; "
+        "upload with force=1 to replace it"
+    )
 
 
 async def publish(
@@ -54,11 +63,7 @@ async def publish(
             async with repo.claim(key) as claim:
                 replaced = claim.existing
                 if not force and (replaced is not None or await run(store.layout_exists, *_layout(row))):
-                    existing = replaced.version if replaced else content.version
-                    raise ConflictError(
-                        f"{content.package} {existing} on branch {content.branch} exists already; "
-                        "upload with force=1 to replace it"
-                    )
+                    raise version_exists(content, replaced)
                 await claim.put(row)
                 await run(store.link_layout, *_layout(row), upload_id)
                 if replaced is not None and replaced.version != row.version:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import anyio.to_thread
 from python_multipart.exceptions import MultipartParseError
@@ -30,7 +30,6 @@ class ReceivedUpload:
     content_text: bytes | None = None
     incoming: IncomingFile | None = None
     digest: str | None = None
-    extra_parts: list[str] = field(default_factory=list)
 
 
 class _BlockWriter:
@@ -147,8 +146,6 @@ async def receive_upload(
                         incoming = await new_incoming()
                         result.incoming = incoming
                         writer = _BlockWriter(incoming)
-                    elif part != "content":
-                        result.extra_parts.append(part)
                 elif kind == "data":
                     if part == "file" and writer is not None:
                         if writer.received + len(data) > max_file_bytes:

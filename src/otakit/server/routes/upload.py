@@ -10,10 +10,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from otakit.content import Content, parse_content
-from otakit.errors import ConflictError, TooLargeError, ValidationError
+from otakit.errors import TooLargeError, ValidationError
 from otakit.server.deps import PublisherDep, RepoDep, SettingsDep, StoreDep
 from otakit.server.filestore import IncomingFile
-from otakit.server.publish import publish
+from otakit.server.publish import publish, version_exists
 from otakit.server.receive import receive_upload
 from otakit.server.repository import VersionKey
 from otakit.web import answer
@@ -83,11 +83,7 @@ async def upload(
             if row is not None or await anyio.to_thread.run_sync(
                 store.layout_exists, checked.package, checked.branch, checked.version
             ):
-                shown = row.version if row is not None else checked.version
-                raise ConflictError(
-                    f"{checked.package} {shown} on branch {checked.branch} exists already; "
-                    "upload with force=1 to replace it"
-                )
+                raise version_exists(checked, row)
 
     received = await receive_upload(
         request.stream(),
