@@ -243,3 +243,27 @@ def bench_parser(
             help=f"cold: drop the data from the page cache before each run; warm: pre-read it (default {cache})",
         )
     return parser
+
+
+def curl_upload_command(url: str, content: Path, zip_path: Path, *, force: bool = True) -> list[str]:
+    """``curl -F`` uploading ``zip_path`` with its content.json: the baseline client of the benchmarks."""
+    target = f"{url}/upload?force=1" if force else f"{url}/upload"
+    auth = f"Authorization: Bearer {TOKEN}"
+    return [
+        "curl",
+        "-sS",
+        "-X",
+        "PUT",
+        "-H",
+        auth,
+        "-F",
+        f"content=<{content}",
+        "-F",
+        f"file=@{zip_path}",
+        target,
+    ]
+
+
+def check_uploaded(stdout: bytes, stderr: bytes = b"") -> None:
+    if b'"status":200' not in stdout:
+        raise RuntimeError(f"upload failed: {stdout!r} {stderr!r}")

@@ -29,7 +29,9 @@ from _common import (
     TOKEN,
     MiB,
     bench_parser,
+    check_uploaded,
     content_json,
+    curl_upload_command,
     drop_cache,
     make_random_file,
     median,
@@ -78,12 +80,8 @@ def cli_upload(otakit: str, url: str, content: Path, zip_path: Path) -> tuple[fl
 
 
 def curl_upload(url: str, content: Path, zip_path: Path) -> tuple[float, float, float]:
-    elapsed, rss, cpu, out = timed_run(
-        ["curl", "-sS", "-X", "PUT", "-H", f"Authorization: Bearer {TOKEN}", "-F", f"content=<{content}",
-         "-F", f"file=@{zip_path}", f"{url}/upload?force=1"]
-    )  # fmt: skip
-    if b'"status":200' not in out:
-        raise RuntimeError(f"upload failed: {out!r}")
+    elapsed, rss, cpu, out = timed_run(curl_upload_command(url, content, zip_path))
+    check_uploaded(out)
     return elapsed, rss, cpu
 
 

@@ -23,10 +23,11 @@ from pathlib import Path
 import httpx
 
 from _common import (
-    TOKEN,
     MiB,
     bench_parser,
+    check_uploaded,
     content_json,
+    curl_upload_command,
     drop_cache,
     free_port,
     make_random_file,
@@ -145,25 +146,9 @@ def main() -> None:
         nginx_dir = work / "nginx"
         nginx_dir.mkdir()
         with uvicorn_server(work, env=env) as server:
-            upload = subprocess.run(
-                [
-                    "curl",
-                    "-sS",
-                    "-X",
-                    "PUT",
-                    "-H",
-                    f"Authorization: Bearer {TOKEN}",
-                    "-F",
-                    f"content=<{content}",
-                    "-F",
-                    f"file=@{big}",
-                    f"{server.url}/upload",
-                ],
-                capture_output=True,
-                check=True,
-            )
-            if b'"status":200' not in upload.stdout:
-                raise RuntimeError(f"upload failed: {upload.stdout!r}")
+            command = curl_upload_command(server.url, content, big, force=False)
+            upload = subprocess.run(command, capture_output=True, check=True)
+            check_uploaded(upload.stdout, upload.stderr)
             big.unlink()
             stored = work / "files" / rel
             assert stored.stat().st_size == size

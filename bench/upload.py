@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 
 from _common import (
-    TOKEN,
     MiB,
     bench_parser,
+    check_uploaded,
     content_json,
+    curl_upload_command,
     drop_cache,
     make_random_file,
     median,
@@ -63,26 +64,9 @@ def local_limit(src: Path, dst: Path) -> float:
 
 def curl_upload(url: str, content: Path, zip_path: Path) -> float:
     start = time.perf_counter()
-    done = subprocess.run(
-        [
-            "curl",
-            "-sS",
-            "-X",
-            "PUT",
-            "-H",
-            f"Authorization: Bearer {TOKEN}",
-            "-F",
-            f"content=<{content}",
-            "-F",
-            f"file=@{zip_path}",
-            f"{url}/upload?force=1",
-        ],
-        capture_output=True,
-        check=True,
-    )
+    done = subprocess.run(curl_upload_command(url, content, zip_path), capture_output=True, check=True)
     elapsed = time.perf_counter() - start
-    if b'"status":200' not in done.stdout:
-        raise RuntimeError(f"upload failed: {done.stdout!r} {done.stderr!r}")
+    check_uploaded(done.stdout, done.stderr)
     return elapsed
 
 
