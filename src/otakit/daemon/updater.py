@@ -102,8 +102,6 @@ class Updater:
     # -- jobs ------------------------------------------------------------------------------------
     async def install(self, job: Job, request: InstallRequest) -> None:
         job.step = "check"
-        if self.store.config.installed(request.package) is not None:
-            raise ConflictError(f"{request.package} is installed already; update it instead")
         target = await self._pick(request.remote, request.package, request.branch, request.version)
         await self._apply(job, Planned(target, request.remote, request.local), expect=None)
 
