@@ -101,6 +101,28 @@ def test_upload_conflict_force_and_token_from_env(
     assert got.content == Path(zip_path).read_bytes()
 
 
+def test_a_zip_that_does_not_match_is_refused_whatever_the_server_says(
+    sqlite_server: RunningServer, folder: Path, tmp_path: Path, pkg: str
+) -> None:
+    out = tmp_path / "dist"
+    assert _run("pack", str(folder), "-p", pkg, "-b", "major", "-V", "3.0", "-o", str(out))[0] == 0
+    zip_path, content = out / f"{pkg}-major-3.0.zip", str(out / "content.json")
+    upload = ["upload", str(zip_path), "-c", content, "-s", sqlite_server.url, "--token", "test-token"]
+    assert _run(*upload)[0] == 0
+    published = zip_path.read_bytes()
+    with open(zip_path, "ab") as tail:
+        tail.write(b"x")
+    # The server has this version (409), but the local mismatch is what the user needs to hear ...
+    code, stdout, stderr = _run(*upload)
+    assert "does not match" in _one_line_error(code, stderr)
+    assert "already on the server" not in stdout
+    # ... and with --force the file is stopped before its end: the published one stays.
+    code, _, stderr = _run(*upload, "--force")
+    assert "nothing was published" in _one_line_error(code, stderr)
+    got = httpx.get(f"{sqlite_server.url}/otafiles/{pkg}/major/{pkg}-major-3.0.zip")
+    assert got.content == published
+
+
 def test_bump_asks_the_server(sqlite_server: RunningServer, folder: Path, tmp_path: Path, pkg: str) -> None:
     out = tmp_path / "dist"
     first = ["pack", str(folder), "-p", pkg, "-b", "beta", "--bump", "minor", "--remote", sqlite_server.url]
@@ -144,7 +166,7 @@ def test_errors_are_one_clear_line(
     assert "cannot reach" in _one_line_error(code, stderr)
     code, _, stderr = _run("latest", "-s", sqlite_server.url, "-p", pkg, "-b", "nothing-here")
     assert "no version" in _one_line_error(code, stderr)
-    # A zip that does not match its content.json is refused before anything is sent.
+    # A zip that does not match its content.json is refused, whether or not the server is there.
     with open(zip_path, "ab") as tail:
         tail.write(b"x")
     code, _, stderr = _run("upload", zip_path, "-c", content, "-s", dead, "--token", "t")

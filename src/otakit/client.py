@@ -21,7 +21,9 @@ from otakit.errors import (
     TooLargeError,
     UnavailableError,
     ValidationError,
+    VerificationError,
 )
+from otakit.filedigest import FileDigest
 
 __all__ = ["ServerClient"]
 
@@ -37,9 +39,13 @@ Body = Callable[[], Iterator[bytes]]
 _PIECE = 1024 * 1024
 
 
-def _multipart(zip_path: Path, content_text: str, progress: Progress | None) -> tuple[dict[str, str], Body]:
+def _multipart(
+    zip_path: Path, content_text: str, progress: Progress | None, before_last: Callable[[], None] | None
+) -> tuple[dict[str, str], Body]:
     """A multipart/form-data body: ``content`` first, then the file read in 1 MiB pieces (httpx's own
-    multipart reads 64 KiB ones, which cost a third more CPU per GiB), with an exact Content-Length."""
+    multipart reads 64 KiB ones, which cost a third more CPU per GiB), with an exact Content-Length.
+    ``before_last`` runs before the file's last piece goes out; raising there aborts the request, so the
+    server never sees a whole body."""
     boundary = secrets.token_hex(16)
     name = os.path.basename(zip_path).replace('"', "%22").replace("\r", "").replace("\n", "")
     head = (
@@ -60,11 +66,18 @@ def _multipart(zip_path: Path, content_text: str, progress: Progress | None) -> 
         yield head
         with open(zip_path, "rb") as file:
             sent = 0
-            while piece := file.read(_PIECE):
+            piece = file.read(_PIECE)
+            while piece:
+                following = file.read(_PIECE)
+                if not following and before_last is not None:
+                    before_last()
                 yield piece
                 sent += len(piece)
                 if progress is not None:
                     progress(sent)
+                piece = following
+        if sent == 0 and before_last is not None:
+            before_last()
         yield tail
 
     headers = {"Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(length)}
@@ -150,9 +163,40 @@ class ServerClient:
         return listed
 
     def upload(
-        self, zip_path: Path, content_text: str, *, force: bool = False, progress: Progress | None = None
+        self,
+        zip_path: Path,
+        content_text: str,
+        *,
+        force: bool = False,
+        progress: Progress | None = None,
+        digest: FileDigest | None = None,
     ) -> None:
-        """Stream ``zip_path`` with its content.json (sent first, so a duplicate is refused at once)."""
-        headers, body = _multipart(zip_path, content_text, progress)
+        """Stream ``zip_path`` with its content.json (sent first, so a duplicate is refused at once).
+
+        The file's sha256 is checked against the content's by a thread that reads ahead of the upload;
+        its last piece waits for that check, so a file that does not match is never sent whole (and
+        the server, which hashes too, could not publish it). A mismatch raises VerificationError, also
+        when the server refused the upload for another reason first. ``digest``: that check, started
+        earlier by the caller (the CLI starts it before it loads httpx).
+        """
+        content = parse_content(content_text, "content.json")
+        if digest is None:
+            digest = FileDigest(zip_path)
+
+        def check() -> None:
+            actual = digest.result()
+            if not content.sha256_matches(actual):
+                raise VerificationError(
+                    f"{zip_path} does not match its content.json: its sha256 is {actual},"
+                    f" content.json says {content.sha256}; nothing was published"
+                )
+
+        headers, body = _multipart(zip_path, content_text, progress, check)
         params = {"force": "1"} if force else None
-        self._request("PUT", "/upload", params=params, headers=headers, body=body)
+        try:
+            self._request("PUT", "/upload", params=params, headers=headers, body=body)
+        except (OtakitError, OSError):
+            check()  # a file that does not match explains any refusal best
+            raise
+        finally:
+            digest.cancel()

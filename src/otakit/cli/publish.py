@@ -2,31 +2,27 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from packaging.version import Version
-from rich.console import Console
-from rich.table import Table
 
 from otakit.cli.errors import reporting_errors
-from otakit.client import ServerClient
-from otakit.content import Content, parse_content
 from otakit.errors import ConflictError, NotFoundError, ValidationError
-from otakit.pack import pack as pack_folder
-from otakit.pack import parse_depends
-from otakit.signing import generate_private_key, load_private_key, private_key_pem, public_key_line
-from otakit.versions import bump as bump_version
+
+if TYPE_CHECKING:
+    from otakit.client import ServerClient
+    from otakit.content import Content
+    from otakit.filedigest import FileDigest
+
+# The commands import what they use when they run: `otakit upload` starts without loading the
+# packer, the signing library or Rich's tables (a CLI's start-up is paid on every call).
 
 __all__ = ["register"]
-
-_HASH_CHUNK = 4 * 1024 * 1024
 
 
 class Bump(StrEnum):
@@ -71,6 +67,10 @@ def pack(
     sign: Annotated[Path | None, typer.Option(help="sign content.json with this publisher key")] = None,
 ) -> None:
     """Pack FOLDER into OUT/<package>-<branch>-<version>.zip and OUT/content.json (reproducibly)."""
+    from otakit.pack import pack as pack_folder
+    from otakit.pack import parse_depends
+    from otakit.signing import load_private_key
+
     with reporting_errors():
         signing_key = load_private_key(sign.read_bytes()) if sign is not None else None
         if (version is None) == (bump is None):
@@ -101,6 +101,11 @@ def pack(
 
 
 def _bumped(remote: str, package: str, branch: str, part: Bump) -> str:
+    from packaging.version import Version
+
+    from otakit.client import ServerClient
+    from otakit.versions import bump as bump_version
+
     if not remote:
         raise ValidationError("--bump needs --remote, the server to ask for the latest version")
     with ServerClient(remote) as client:
@@ -109,14 +114,6 @@ def _bumped(remote: str, package: str, branch: str, part: Bump) -> str:
         except NotFoundError:
             current = None  # a first version needs no server history
     return bump_version(current, part.value)
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def upload(
@@ -129,39 +126,54 @@ def upload(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="replace the version if the server has it")] = False,
 ) -> None:
-    """Upload ZIP with its content.json, streamed, with a progress bar on a terminal."""
+    """Upload ZIP with its content.json, streamed, with a progress bar on a terminal.
+
+    ZIP's sha256 is checked against content.json while the upload starts; a file that does not match
+    is stopped before its last piece, so it is never published."""
+    from otakit.filedigest import FileDigest
+
     with reporting_errors():
-        text = content.read_text("utf-8")
-        described = parse_content(text, str(content))
         if not zip_file.is_file():
             raise ValidationError(f"{zip_file} is not a file")
-        digest = _sha256_of(zip_file)
-        if not described.sha256_matches(digest):
-            raise ValidationError(
-                f"{zip_file} does not match {content}: its sha256 is {digest},"
-                f" content.json says {described.sha256}"
-            )
-        size = zip_file.stat().st_size
-        with ServerClient(server, token=token) as client:
-            try:
-                _send(client, zip_file, text, size, force=force)
-            except ConflictError as exc:
-                if _already_there(client, described):
-                    typer.echo(f"{described.package} {described.version} is already on the server, identical")
-                    return
-                raise ConflictError(
-                    f"{exc}".split("; upload with")[0] + "; use --force to replace it"
-                ) from None
-    typer.echo(f"published {described.package} {described.version} on branch {described.branch} to {server}")
+        digest = FileDigest(zip_file)  # hashing starts while httpx and the models load
+        try:
+            said = _publish(zip_file, content, server, token, force=force, digest=digest)
+        finally:
+            digest.cancel()
+    typer.echo(said)
 
 
-def _send(client: ServerClient, zip_file: Path, text: str, size: int, *, force: bool) -> None:
-    console = Console(stderr=True)
-    if not console.is_terminal:
+def _publish(
+    zip_file: Path, content: Path, server: str, token: str | None, *, force: bool, digest: FileDigest
+) -> str:
+    from otakit.client import ServerClient
+    from otakit.content import parse_content
+
+    text = content.read_text("utf-8")
+    described = parse_content(text, str(content))
+    size = zip_file.stat().st_size
+    with ServerClient(server, token=token) as client:
+        try:
+            _send(client, zip_file, text, size, force=force, digest=digest)
+        except ConflictError as exc:
+            if not _already_there(client, described):
+                reason = f"{exc}".split("; upload with")[0]
+                raise ConflictError(f"{reason}; use --force to replace it") from None
+            return f"{described.package} {described.version} is already on the server, identical"
+    return f"published {described.package} {described.version} on branch {described.branch} to {server}"
+
+
+def _send(
+    client: ServerClient, zip_file: Path, text: str, size: int, *, force: bool, digest: FileDigest
+) -> None:
+    if not sys.stderr.isatty():
         typer.echo(f"uploading {zip_file.name} ({size} bytes) to {client.base_url}", err=True)
-        client.upload(zip_file, text, force=force)
+        client.upload(zip_file, text, force=force, digest=digest)
         return
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    console = Console(stderr=True)
 
     columns = (
         "{task.description}",
@@ -173,7 +185,11 @@ def _send(client: ServerClient, zip_file: Path, text: str, size: int, *, force: 
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(zip_file.name, total=size)
         client.upload(
-            zip_file, text, force=force, progress=lambda sent: progress.update(task, completed=sent)
+            zip_file,
+            text,
+            force=force,
+            digest=digest,
+            progress=lambda sent: progress.update(task, completed=sent),
         )
 
 
@@ -197,6 +213,11 @@ def latest(
     as_json: JsonOption = False,
 ) -> None:
     """Show the highest version of a package on a branch."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from otakit.client import ServerClient
+
     with reporting_errors(), ServerClient(server) as client:
         found = client.latest(package, branch)
     if as_json:
@@ -215,6 +236,11 @@ def versions(
     as_json: JsonOption = False,
 ) -> None:
     """List a package's versions, highest first."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from otakit.client import ServerClient
+
     with reporting_errors(), ServerClient(server) as client:
         listed = client.versions(package, branch)
     if as_json:
@@ -236,6 +262,8 @@ def keygen(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for publisher.key and publisher.pub")],
 ) -> None:
     """Create an ed25519 publisher key pair: OUT/publisher.key (0600) and OUT/publisher.pub."""
+    from otakit.signing import generate_private_key, private_key_pem, public_key_line
+
     with reporting_errors():
         private_path, public_path = out / "publisher.key", out / "publisher.pub"
         for path in (private_path, public_path):

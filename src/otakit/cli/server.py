@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -69,6 +68,8 @@ async def _fsck(settings: ServerSettings) -> str:
 def fsck(config: ConfigOption = None) -> None:
     """Finish or undo interrupted uploads and remove leftover temporary files."""
     with reporting_errors():
+        import asyncio
+
         typer.echo(asyncio.run(_fsck(_settings(config))))
 
 
@@ -83,5 +84,7 @@ async def _upgrade(settings: ServerSettings) -> list[str]:
 def upgrade(config: ConfigOption = None) -> None:
     """Apply the database migrations that have not run yet."""
     with reporting_errors():
+        import asyncio
+
         applied = asyncio.run(_upgrade(_settings(config)))
     typer.echo("applied: " + ", ".join(applied) if applied else "the database is up to date")
