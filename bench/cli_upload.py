@@ -3,8 +3,8 @@
 A package (1 GiB of random bytes named .zip by default: the server stores the file, it does not unzip
 it) and its content.json. Subject: the console script
 ``otakit upload ZIP --content content.json --server URL --token T --force``, a subprocess whose stdout
-and stderr are pipes (not a terminal, so no progress bar). It hashes the file before sending it (a
-local check that it matches content.json), then streams it. Baseline:
+and stderr are pipes (not a terminal, so no progress bar). It streams the file while a thread hashes
+it ahead of the upload (the local check against content.json; the last piece waits for it). Baseline:
 ``curl -sS -X PUT -H 'Authorization: Bearer T' -F content=<content.json -F file=@ZIP URL/upload?force=1``.
 Server: uvicorn + httptools, SQLite, files dir on the same disk (as ``upload.py``). The two alternate
 round by round; both run under ``/usr/bin/time -v``, which gives each one's peak RSS and CPU. Before
