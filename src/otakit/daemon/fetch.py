@@ -23,6 +23,7 @@ import anyio.to_thread
 import httpx
 
 import otakit
+from otakit.blockwriter import BlockWriter
 from otakit.content import Content, parse_content
 from otakit.errors import (
     DownloadError,
@@ -37,7 +38,7 @@ __all__ = ["Fetcher", "Progress"]
 
 Progress = Callable[[int, int | None], None]  # (bytes of the file on disk so far, its total size or None)
 
-_CHUNK = 1024 * 1024  # written, hashed and reported per chunk
+_CHUNK = 1024 * 1024  # written and hashed (in a thread) and reported per block
 _MAX_JSON = 16 * 1024 * 1024  # an answer of /latestVersion or /getVersion larger than this is refused
 _MAX_DELAY = 60.0
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
@@ -63,7 +64,7 @@ class _Sink:
             self.size += len(block)
         self.reused = self.size > 0  # bytes from an earlier call are on disk
 
-    def write(self, chunk: bytearray) -> None:
+    def write(self, chunk: memoryview) -> None:
         self.file.write(chunk)
         self.hash.update(chunk)
         self.size += len(chunk)
@@ -234,46 +235,47 @@ class Fetcher:
         headers = {"Accept-Encoding": "identity"}
         if sink.size:
             headers |= {"Range": f"bytes={sink.size}-", "If-Range": f'"{content.sha256}"'}
-        buffer = bytearray()
-        total = -1  # unknown
+        start, total = sink.size, -1  # total -1: unknown
+
+        def written(size: int) -> None:
+            if progress is not None:
+                progress(start + size, total if total >= 0 else None)
+
+        writer = BlockWriter(sink.write, _CHUNK, written)
         try:
-            async with self._http.stream("GET", url, headers=headers) as response:
-                status = response.status_code
-                if status == 416 and sink.size:
-                    return  # we have as many bytes as the file or more: the caller verifies
-                if status == 200:
-                    total = int(response.headers.get("content-length", -1))
-                    if sink.size:
-                        await anyio.to_thread.run_sync(sink.restart)  # the server sends the whole file
-                elif status == 206:
-                    total = self._range_total(url, response, sink.size)
-                elif status == 404:
-                    raise NotFoundError(f"no file at {url}")
-                elif status >= 500:
-                    raise _Retry(f"the server answered HTTP {status}")
-                else:
-                    raise DownloadError(f"cannot download {url}: the server answered HTTP {status}")
-                if total > self.max_bytes:
-                    raise TooLargeError(f"{url} is {total} bytes, over the limit of {self.max_bytes}")
-                async for piece in response.aiter_bytes():
-                    buffer += piece
-                    if sink.size + len(buffer) > self.max_bytes:
-                        raise TooLargeError(f"{url} sent more than the limit of {self.max_bytes} bytes")
-                    if len(buffer) >= _CHUNK:
-                        await self._write(sink, buffer, total, progress)
-                        buffer = bytearray()
-        except httpx.HTTPError as exc:
-            await self._write(sink, buffer, total, progress)  # keep what arrived before the cut
-            raise _Retry(_describe(exc)) from None
-        await self._write(sink, buffer, total, progress)
+            try:
+                async with self._http.stream("GET", url, headers=headers) as response:
+                    status = response.status_code
+                    if status == 416 and sink.size:
+                        return  # we have as many bytes as the file or more: the caller verifies
+                    if status == 200:
+                        total = int(response.headers.get("content-length", -1))
+                        if sink.size:
+                            await anyio.to_thread.run_sync(sink.restart)  # the server sends the whole file
+                            start = 0
+                    elif status == 206:
+                        total = self._range_total(url, response, sink.size)
+                    elif status == 404:
+                        raise NotFoundError(f"no file at {url}")
+                    elif status >= 500:
+                        raise _Retry(f"the server answered HTTP {status}")
+                    else:
+                        raise DownloadError(f"cannot download {url}: the server answered HTTP {status}")
+                    if total > self.max_bytes:
+                        raise TooLargeError(f"{url} is {total} bytes, over the limit of {self.max_bytes}")
+                    async for piece in response.aiter_bytes():
+                        if start + writer.received + len(piece) > self.max_bytes:
+                            raise TooLargeError(f"{url} sent more than the limit of {self.max_bytes} bytes")
+                        await writer.feed(piece)
+            except httpx.HTTPError as exc:
+                await writer.flush()  # keep what arrived before the cut
+                raise _Retry(_describe(exc)) from None
+            await writer.flush()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await writer.abandon()  # no block is left in the thread once we leave
         if 0 <= total != sink.size:
             raise _Retry(f"the connection closed after {sink.size} of {total} bytes")
-
-    async def _write(self, sink: _Sink, chunk: bytearray, total: int, progress: Progress | None) -> None:
-        if chunk:
-            await anyio.to_thread.run_sync(sink.write, chunk)
-            if progress is not None:
-                progress(sink.size, total if total >= 0 else None)
 
     @staticmethod
     def _range_total(url: str, response: httpx.Response, offset: int) -> int:

@@ -8,8 +8,6 @@ one, so memory stays flat (about two blocks) and hashing and disk writes overlap
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -17,6 +15,7 @@ import anyio.to_thread
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from otakit.blockwriter import BlockWriter
 from otakit.errors import TooLargeError, ValidationError
 from otakit.server.filestore import IncomingFile
 
@@ -30,40 +29,6 @@ class ReceivedUpload:
     content_text: bytes | None = None
     incoming: IncomingFile | None = None
     digest: str | None = None
-
-
-class _BlockWriter:
-    """Double-buffered: one block being filled on the loop, one being hashed and written in a thread."""
-
-    def __init__(self, incoming: IncomingFile) -> None:
-        self.incoming = incoming
-        self._buffer = bytearray()
-        self._pending: asyncio.Future[None] | None = None
-        self.received = 0
-
-    async def _flush(self) -> None:
-        if self._pending is not None:
-            await self._pending
-            self._pending = None
-        if self._buffer:
-            block, self._buffer = self._buffer, bytearray()
-            self._pending = asyncio.get_running_loop().run_in_executor(None, self.incoming.write, block)
-
-    async def feed(self, data: bytes) -> None:
-        self.received += len(data)
-        self._buffer += data
-        if len(self._buffer) >= BLOCK_SIZE:
-            await self._flush()
-
-    async def finish(self) -> str:
-        await self._flush()
-        await self._flush()
-        return await anyio.to_thread.run_sync(self.incoming.finish)
-
-    async def abandon(self) -> None:
-        if self._pending is not None:
-            with contextlib.suppress(Exception):
-                await self._pending
 
 
 async def receive_upload(
@@ -128,7 +93,7 @@ async def receive_upload(
 
     part: str | None = None
     content_buffer = bytearray()
-    writer: _BlockWriter | None = None
+    writer: BlockWriter | None = None
     seen: set[str] = set()
     try:
         async for chunk in chunks:
@@ -145,7 +110,7 @@ async def receive_upload(
                     if part == "file":
                         incoming = await new_incoming()
                         result.incoming = incoming
-                        writer = _BlockWriter(incoming)
+                        writer = BlockWriter(incoming.write, BLOCK_SIZE)
                 elif kind == "data":
                     if part == "file" and writer is not None:
                         if writer.received + len(data) > max_file_bytes:
@@ -164,7 +129,8 @@ async def receive_upload(
                         result.content_text = bytes(content_buffer)
                         await on_content(result.content_text)
                     elif part == "file" and writer is not None:
-                        result.digest = await writer.finish()
+                        await writer.flush()
+                        result.digest = await anyio.to_thread.run_sync(incoming.finish)
                     part = None
             events.clear()
         try:
