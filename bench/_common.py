@@ -185,6 +185,14 @@ def warm_cache(path: Path) -> None:
             pass
 
 
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def peak_rss_mb(pid: int) -> tuple[float, float]:
     """(VmHWM, VmRSS) of ``pid`` in MiB, from /proc/<pid>/status."""
     values = {}

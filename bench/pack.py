@@ -30,7 +30,17 @@ import sys
 import time
 from pathlib import Path
 
-from _common import MiB, bench_parser, drop_cache, median, print_table, temp_dir, verdict, warm_cache
+from _common import (
+    MiB,
+    bench_parser,
+    drop_cache,
+    fsync_file,
+    median,
+    print_table,
+    temp_dir,
+    verdict,
+    warm_cache,
+)
 
 KiB = 1024
 LARGE_FILES = 3
@@ -141,11 +151,7 @@ def run_zip(folder: Path, out: Path) -> tuple[float, float, float]:
         raise RuntimeError(f"zip failed: {done.stdout!r} {done.stderr!r}")
     cpu = children_cpu() - cpu
     start = time.perf_counter()
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_file(out)
     return elapsed, cpu, time.perf_counter() - start
 
 
