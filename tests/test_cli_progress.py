@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -71,6 +72,7 @@ def test_progress_bar_on_a_terminal(sqlite_server: RunningServer, tmp_path: Path
     assert "━" in output  # Rich's bar
     assert "25.2/25.2 MB" in output  # bytes sent of the total, at the end
     assert "/s" in output  # the transfer speed column
+    assert re.search(r"\d:\d\d:\d\d", output)  # the time remaining column
     assert "uploading" not in output  # the plain line is for pipes
     got = httpx.get(f"{sqlite_server.url}/otafiles/{pkg}/main/{zip_path.name}")
     assert got.content == zip_path.read_bytes()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -174,6 +175,22 @@ def test_errors_are_one_clear_line(
     code, _, stderr = _run("upload", zip_path, "-c", str(tmp_path / "nope.json"), "-s", dead)
     _one_line_error(code, stderr)
     os.remove(zip_path)
+
+
+def test_too_large_for_the_server(tmp_path: Path, pkg: str) -> None:
+    with run_server(
+        tmp_path, f"sqlite:///{tmp_path / 'ota.db'}", env={"OTAKIT_MAX_UPLOAD_BYTES": "1048576"}
+    ) as srv:
+        data = os.urandom(4 * 1024 * 1024)
+        zip_path = tmp_path / f"{pkg}-main-1.0.zip"
+        zip_path.write_bytes(data)
+        content = tmp_path / "content.json"
+        sha256 = hashlib.sha256(data).hexdigest()
+        content.write_text(json.dumps({"package": pkg, "branch": "main", "version": "1.0", "sha256": sha256}))
+        code, _, stderr = _run(
+            "upload", str(zip_path), "-c", str(content), "-s", srv.url, "--token", "test-token"
+        )
+    assert "larger than the limit of 1048576 bytes" in _one_line_error(code, stderr)
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:

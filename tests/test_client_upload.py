@@ -1,5 +1,6 @@
-"""The upload's own sha256 check: it runs beside the upload, and a file that does not match its
-content.json never reaches the server whole (checked with a server that records the bytes it got)."""
+"""The client's upload: its own sha256 check runs beside the upload, and a file that does not match its
+content.json never reaches the server whole (checked with a server that records the bytes it got);
+the server's refusals become otakit errors carrying the server's reason."""
 
 from __future__ import annotations
 
@@ -10,10 +11,18 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from otakit.client import ServerClient
-from otakit.errors import VerificationError
+from otakit.errors import (
+    AuthError,
+    ConflictError,
+    TooLargeError,
+    UnavailableError,
+    ValidationError,
+    VerificationError,
+)
 from otakit.filedigest import FileDigest
 
 MiB = 1024 * 1024
@@ -108,3 +117,39 @@ def test_file_digest(tmp_path: Path) -> None:
     assert FileDigest(path).result() == sha
     with pytest.raises(FileNotFoundError):
         FileDigest(tmp_path / "missing.zip").result()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error", "message"),
+    [
+        (
+            400,
+            {"status": 400, "error": "invalid content.json: version"},
+            ValidationError,
+            "invalid content.json",
+        ),
+        (401, {"status": 401, "error": "a publisher token is required"}, AuthError, "token is required"),
+        (409, {"status": 409, "error": "app 1.0 exists"}, ConflictError, "app 1.0 exists"),
+        (413, {"status": 413, "error": "over the limit"}, TooLargeError, "over the limit"),
+        (503, {"status": 503, "error": "database unavailable"}, UnavailableError, "database unavailable"),
+        (502, None, UnavailableError, "HTTP 502"),
+    ],
+)
+def test_server_answers_become_our_errors(
+    tmp_path: Path, status: int, body: object, error: type[Exception], message: str
+) -> None:
+    """The server's reason reaches the user; a matching file is not blamed for the refusal."""
+    path, sha = _package(tmp_path, 1000)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        request.read()
+        if body is None:
+            return httpx.Response(status, text="<html>bad gateway</html>")
+        return httpx.Response(status, json=body)
+
+    transport = httpx.MockTransport(answer)
+    with (
+        ServerClient("http://ota.test", retries=0, transport=transport) as client,
+        pytest.raises(error, match=message),
+    ):
+        client.upload(path, _content(sha))
