@@ -41,12 +41,12 @@ _PIECE = 1024 * 1024
 
 
 def _multipart(
-    zip_path: Path, content_text: str, progress: Progress | None, before_last: Callable[[], None] | None
+    zip_path: Path, content_text: str, progress: Progress | None, before_last: Callable[[], None]
 ) -> tuple[dict[str, str], Body]:
     """A multipart/form-data body: ``content`` first, then the file read in 1 MiB pieces (httpx's own
     multipart reads 64 KiB ones, which cost a third more CPU per GiB), with an exact Content-Length.
-    ``before_last`` runs before the file's last piece goes out; raising there aborts the request, so the
-    server never sees a whole body."""
+    ``before_last`` runs before the file's last piece (for an empty file: before the closing boundary)
+    goes out; raising there aborts the request, so the server never sees a whole body."""
     boundary = secrets.token_hex(16)
     name = os.path.basename(zip_path).replace('"', "%22").replace("\r", "").replace("\n", "")
     head = (
@@ -70,14 +70,14 @@ def _multipart(
             piece = file.read(_PIECE)
             while piece:
                 following = file.read(_PIECE)
-                if not following and before_last is not None:
+                if not following:
                     before_last()
                 yield piece
                 sent += len(piece)
                 if progress is not None:
                     progress(sent)
                 piece = following
-        if sent == 0 and before_last is not None:
+        if sent == 0:
             before_last()
         yield tail
 
