@@ -31,6 +31,14 @@ def server(
         yield running
 
 
+@pytest.fixture(scope="module")
+def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A real server on loopback with a SQLite database, shared by a module's tests."""
+    workdir = tmp_path_factory.mktemp("sqlite-server")
+    with run_server(workdir, f"sqlite:///{workdir / 'ota.db'}") as running:
+        yield running
+
+
 @pytest.fixture(scope="session")
 def mysql_server() -> Iterator[MySQLServer]:
     with mysql_database() as server:

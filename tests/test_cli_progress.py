@@ -11,22 +11,13 @@ import pty
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.servers import RunningServer, run_server
+from tests.servers import RunningServer
 
 SIZE = 24 * 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    workdir = tmp_path_factory.mktemp("progress")
-    with run_server(workdir, f"sqlite:///{workdir / 'ota.db'}") as running:
-        yield running
 
 
 def _package(folder: Path, pkg: str) -> tuple[Path, Path]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,13 +15,6 @@ from otakit.cli.main import app
 from tests.servers import RunningServer, free_port, run_server
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    workdir = tmp_path_factory.mktemp("cli")
-    with run_server(workdir, f"sqlite:///{workdir / 'ota.db'}") as running:
-        yield running
 
 
 @pytest.fixture

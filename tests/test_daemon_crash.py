@@ -41,7 +41,7 @@ from tests.api_client import upload
 from tests.cutting_server import CuttingServer
 from tests.daemons import RunningDaemon, start_daemon, write_config
 from tests.samples import content_for, make_zip
-from tests.servers import RunningServer, run_server
+from tests.servers import RunningServer
 
 pytestmark = pytest.mark.slow
 
@@ -67,13 +67,6 @@ if [ -e "$dir/block-$1" ]; then
     exec sleep "$seconds"
 fi
 """
-
-
-@pytest.fixture(scope="module")
-def ota(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    workdir = tmp_path_factory.mktemp("crash-ota")
-    with run_server(workdir, f"sqlite:///{workdir / 'ota.db'}") as running:
-        yield running
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 20, pause: float = 0.01) -> Any:
@@ -104,8 +97,8 @@ def files_tree(files: dict[str, bytes]) -> dict[str, bytes | None]:
 class Device:
     """One package on one daemon, and the handles a test needs to steer and inspect them."""
 
-    def __init__(self, tmp_path: Path, ota: RunningServer, pkg: str) -> None:
-        self.ota = ota
+    def __init__(self, tmp_path: Path, sqlite_server: RunningServer, pkg: str) -> None:
+        self.sqlite_server = sqlite_server
         self.pkg = pkg
         self.hooks = tmp_path / "hooks"
         self.hooks.mkdir()
@@ -129,11 +122,11 @@ class Device:
             data,
             self.pkg,
             version,
-            remote=remote or self.ota.url + "/",
+            remote=remote or self.sqlite_server.url + "/",
             BeforeUpdate=f"sh {hook} before-{version}",
             AfterUpdate=f"sh {hook} after-{version}",
         )
-        response = upload(self.ota, content, data)
+        response = upload(self.sqlite_server, content, data)
         assert response.status_code == 200, response.text
         self.zips[version] = data
         return data
@@ -154,7 +147,13 @@ class Device:
         self.publish(V1)
         self.publish(V2, v2_remote)
         self.start()
-        body = {"package": self.pkg, "branch": "major", "remote": self.ota.url, "local": "app", "version": V1}
+        body = {
+            "package": self.pkg,
+            "branch": "major",
+            "remote": self.sqlite_server.url,
+            "local": "app",
+            "version": V1,
+        }
         job = self.finish(self.post("/packages", body))
         assert job["state"] == "succeeded", job
         assert self.check_consistent() == V1
@@ -304,8 +303,8 @@ class Device:
 
 
 @pytest.fixture
-def device(tmp_path: Path, ota: RunningServer, pkg: str) -> Iterator[Device]:
-    dev = Device(tmp_path, ota, pkg)
+def device(tmp_path: Path, sqlite_server: RunningServer, pkg: str) -> Iterator[Device]:
+    dev = Device(tmp_path, sqlite_server, pkg)
     try:
         yield dev
     finally:
@@ -315,7 +314,9 @@ def device(tmp_path: Path, ota: RunningServer, pkg: str) -> Iterator[Device]:
 def stalling_server(device: Device) -> CuttingServer:
     """The device's server from now on: answers /latestVersion with 2.0.0 and serves its zip, but the
     first download stops sending at 3 of its 4 MiB and holds the connection."""
-    latest = httpx.get(f"{device.ota.url}/latestVersion", params={"package": device.pkg, "branch": "major"})
+    latest = httpx.get(
+        f"{device.sqlite_server.url}/latestVersion", params={"package": device.pkg, "branch": "major"}
+    )
     slow = CuttingServer(
         device.zips[V2],
         cut_after=3 * 1024 * 1024,
@@ -470,7 +471,7 @@ def test_kill_in_after_update_of_a_first_install_leaves_nothing(device: Device) 
     device.publish(V1)
     device.start()
     device.block(f"after-{V1}")
-    body = {"package": device.pkg, "branch": "major", "remote": device.ota.url, "local": "app"}
+    body = {"package": device.pkg, "branch": "major", "remote": device.sqlite_server.url, "local": "app"}
     device.post("/packages", body)
     device.wait_blocked(f"after-{V1}")
     assert tree(device.local) == files_tree(FILES[V1])

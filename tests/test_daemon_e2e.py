@@ -34,7 +34,7 @@ from tests.daemon_packages import (
 )
 from tests.daemons import TOKEN, RunningDaemon, run_daemon, start_daemon, write_config
 from tests.samples import LEGACY
-from tests.servers import RunningServer, free_port, run_server
+from tests.servers import RunningServer, free_port
 
 JOB_KEYS = {
     "id",
@@ -54,16 +54,9 @@ Files = dict[str, bytes | str]
 Record = dict[str, Any] | None
 
 
-@pytest.fixture(scope="module")
-def ota(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    workdir = tmp_path_factory.mktemp("daemon-e2e")
-    with run_server(workdir, f"sqlite:///{workdir / 'ota.db'}") as running:
-        yield running
-
-
 @pytest.fixture
-def publisher(ota: RunningServer, tmp_path: Path) -> Iterator[Publisher]:
-    publisher = Publisher(ota, tmp_path / "publish")
+def publisher(sqlite_server: RunningServer, tmp_path: Path) -> Iterator[Publisher]:
+    publisher = Publisher(sqlite_server, tmp_path / "publish")
     yield publisher
     publisher.close()
 
@@ -599,14 +592,14 @@ def test_zip_entries_that_escape_are_refused(
 
 
 def test_a_file_that_does_not_match_its_sha256_is_refused(
-    ota: RunningServer, device: Path, publisher: Publisher, pkg: str
+    sqlite_server: RunningServer, device: Path, publisher: Publisher, pkg: str
 ) -> None:
     name, fresh = f"{pkg}-app", f"{pkg}-fresh"
     publisher.publish(name, "1.0")
     with running(write_config(device)) as api:
         api.install(publisher, name)
         old = api.state_of(name), api.config()
-        corrupt_on_server(ota, publisher.publish(name, "2.0"))
+        corrupt_on_server(sqlite_server, publisher.publish(name, "2.0"))
         job = api.run_job("POST", f"/packages/{name}/update", "failed")
         assert "sha256" in job["error"]
         assert (api.state_of(name), api.config()) == old
@@ -614,7 +607,7 @@ def test_a_file_that_does_not_match_its_sha256_is_refused(
         downloads = device / ".otakit-state" / "downloads"
         assert not downloads.exists() or list(downloads.iterdir()) == []
 
-        corrupt_on_server(ota, publisher.publish(fresh, "1.0"))
+        corrupt_on_server(sqlite_server, publisher.publish(fresh, "1.0"))
         job = api.install(publisher, fresh, "failed")
         assert "sha256" in job["error"]
         assert api.installed(fresh) is None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +16,12 @@ from otakit.errors import DownloadError, NotFoundError, TooLargeError, Validatio
 from tests.api_client import upload
 from tests.cutting_server import CuttingServer
 from tests.samples import content_for, make_zip
-from tests.servers import RunningServer, free_port, run_server
+from tests.servers import RunningServer, free_port
 
 pytestmark = pytest.mark.anyio
 
 MiB = 1024 * 1024
 DATA = os.urandom(2_500_000)  # the cutting server's file
-
-
-@pytest.fixture(scope="module")
-def ota(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    workdir = tmp_path_factory.mktemp("fetch")
-    with run_server(workdir, f"sqlite:///{workdir / 'ota.db'}") as running:
-        yield running
 
 
 class Recorder(httpx.AsyncBaseTransport):
@@ -48,9 +40,11 @@ class Recorder(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-def publish(ota: RunningServer, package: str, version: str, data: bytes | None = None) -> bytes:
+def publish(sqlite_server: RunningServer, package: str, version: str, data: bytes | None = None) -> bytes:
     data = data if data is not None else make_zip({"v.txt": version.encode()})
-    response = upload(ota, content_for(data, package, version, remote=ota.url + "/"), data)
+    response = upload(
+        sqlite_server, content_for(data, package, version, remote=sqlite_server.url + "/"), data
+    )
     assert response.status_code == 200, response.text
     return data
 
@@ -66,59 +60,65 @@ def fetcher(**kwargs: Any) -> Fetcher:
 # --- against a real otakit server ---
 
 
-async def test_latest_answers_not_modified_until_a_new_upload(ota: RunningServer, pkg: str) -> None:
-    publish(ota, pkg, "1.0.0")
+async def test_latest_answers_not_modified_until_a_new_upload(sqlite_server: RunningServer, pkg: str) -> None:
+    publish(sqlite_server, pkg, "1.0.0")
     async with fetcher() as fetch:
-        latest, etag = await fetch.latest(ota.url, pkg, "major")
+        latest, etag = await fetch.latest(sqlite_server.url, pkg, "major")
         assert latest is not None
-        assert (latest.package, latest.version, latest.remote) == (pkg, "1.0.0", ota.url + "/")
+        assert (latest.package, latest.version, latest.remote) == (pkg, "1.0.0", sqlite_server.url + "/")
         assert etag
-        assert await fetch.latest(ota.url, pkg, "major", etag) == (None, etag)
-        publish(ota, pkg, "1.1.0")
-        newer, new_etag = await fetch.latest(ota.url + "/", pkg, "major", etag)
+        assert await fetch.latest(sqlite_server.url, pkg, "major", etag) == (None, etag)
+        publish(sqlite_server, pkg, "1.1.0")
+        newer, new_etag = await fetch.latest(sqlite_server.url + "/", pkg, "major", etag)
         assert newer is not None
         assert newer.version == "1.1.0"
         assert new_etag not in (None, etag)
 
 
-async def test_unknown_package_is_not_found_and_has_no_versions(ota: RunningServer, pkg: str) -> None:
+async def test_unknown_package_is_not_found_and_has_no_versions(
+    sqlite_server: RunningServer, pkg: str
+) -> None:
     async with fetcher() as fetch:
         with pytest.raises(NotFoundError, match=pkg):
-            await fetch.latest(ota.url, pkg, "major")
-        assert await fetch.versions(ota.url, pkg, "major") == []
+            await fetch.latest(sqlite_server.url, pkg, "major")
+        assert await fetch.versions(sqlite_server.url, pkg, "major") == []
 
 
-async def test_versions_highest_first(ota: RunningServer, pkg: str) -> None:
+async def test_versions_highest_first(sqlite_server: RunningServer, pkg: str) -> None:
     for version in ("0.0.9", "1.0.0", "0.0.10"):
-        publish(ota, pkg, version)
-    publish(ota, pkg, "9.0.0")
+        publish(sqlite_server, pkg, version)
+    publish(sqlite_server, pkg, "9.0.0")
     async with fetcher() as fetch:
-        listed = await fetch.versions(ota.url + "/", pkg, "major")
+        listed = await fetch.versions(sqlite_server.url + "/", pkg, "major")
     assert [c.version for c in listed] == ["9.0.0", "1.0.0", "0.0.10", "0.0.9"]
     assert all(isinstance(c, Content) and c.package == pkg for c in listed)
 
 
 @pytest.mark.parametrize("slash", ["", "/"])
-async def test_download_writes_the_file(ota: RunningServer, pkg: str, tmp_path: Path, slash: str) -> None:
-    data = publish(ota, pkg, "1.0.0+build.1")
+async def test_download_writes_the_file(
+    sqlite_server: RunningServer, pkg: str, tmp_path: Path, slash: str
+) -> None:
+    data = publish(sqlite_server, pkg, "1.0.0+build.1")
     calls: list[tuple[int, int | None]] = []
     async with fetcher() as fetch:
-        latest, _ = await fetch.latest(ota.url, pkg, "major")
+        latest, _ = await fetch.latest(sqlite_server.url, pkg, "major")
         assert latest is not None
         dest = tmp_path / "staging" / "pkg.zip"
-        await fetch.download(latest, dest, lambda *call: calls.append(call), remote=ota.url + slash)
+        await fetch.download(latest, dest, lambda *call: calls.append(call), remote=sqlite_server.url + slash)
     assert dest.read_bytes() == data
     assert calls[-1] == (len(data), len(data))
 
 
-async def test_download_resumes_a_partial_file(ota: RunningServer, pkg: str, tmp_path: Path) -> None:
-    data = publish(ota, pkg, "1.0.0", make_zip({"big.bin": os.urandom(3 * MiB)}))
+async def test_download_resumes_a_partial_file(
+    sqlite_server: RunningServer, pkg: str, tmp_path: Path
+) -> None:
+    data = publish(sqlite_server, pkg, "1.0.0", make_zip({"big.bin": os.urandom(3 * MiB)}))
     dest = tmp_path / "pkg.zip"
     dest.write_bytes(data[:MiB])
     calls: list[tuple[int, int | None]] = []
     recorder = Recorder()
     async with fetcher(transport=recorder) as fetch:
-        latest, _ = await fetch.latest(ota.url, pkg, "major")
+        latest, _ = await fetch.latest(sqlite_server.url, pkg, "major")
         assert latest is not None
         await fetch.download(latest, dest, lambda *call: calls.append(call))
     assert dest.read_bytes() == data
@@ -128,22 +128,22 @@ async def test_download_resumes_a_partial_file(ota: RunningServer, pkg: str, tmp
 
 
 async def test_a_complete_file_on_disk_is_verified_not_fetched(
-    ota: RunningServer, pkg: str, tmp_path: Path
+    sqlite_server: RunningServer, pkg: str, tmp_path: Path
 ) -> None:
-    data = publish(ota, pkg, "1.0.0")
+    data = publish(sqlite_server, pkg, "1.0.0")
     dest = tmp_path / "pkg.zip"
     dest.write_bytes(data)
     recorder = Recorder()
     async with fetcher(transport=recorder) as fetch:
-        await fetch.download(content(data, ota.url, pkg), dest)
+        await fetch.download(content(data, sqlite_server.url, pkg), dest)
     assert recorder.seen == [(f"bytes={len(data)}-", 416)]
     assert dest.read_bytes() == data
 
 
-async def test_a_missing_file_is_not_found(ota: RunningServer, pkg: str, tmp_path: Path) -> None:
+async def test_a_missing_file_is_not_found(sqlite_server: RunningServer, pkg: str, tmp_path: Path) -> None:
     async with fetcher() as fetch:
         with pytest.raises(NotFoundError):
-            await fetch.download(content(b"never uploaded", ota.url, pkg), tmp_path / "pkg.zip")
+            await fetch.download(content(b"never uploaded", sqlite_server.url, pkg), tmp_path / "pkg.zip")
 
 
 async def test_an_unreachable_server_gives_up_after_the_retries(tmp_path: Path) -> None:
