@@ -35,17 +35,13 @@ from _common import (
     median,
     otakit_env,
     print_table,
+    rusage_cpu_s,
     temp_dir,
     uvicorn_server,
     warm_cache,
 )
 from otakit.content import parse_content
 from otakit.daemon.fetch import Fetcher
-
-
-def _cpu_s(who: int) -> float:
-    usage = resource.getrusage(who)
-    return usage.ru_utime + usage.ru_stime
 
 
 def fetcher_download(text: str, remote: str, dest: Path) -> tuple[float, float]:
@@ -55,18 +51,18 @@ def fetcher_download(text: str, remote: str, dest: Path) -> tuple[float, float]:
         async with Fetcher(retries=0) as fetcher:
             await fetcher.download(content, dest, remote=remote)
 
-    cpu, start = _cpu_s(resource.RUSAGE_SELF), time.perf_counter()
+    cpu, start = rusage_cpu_s(), time.perf_counter()
     anyio.run(download, backend_options={"use_uvloop": True})
-    return time.perf_counter() - start, _cpu_s(resource.RUSAGE_SELF) - cpu
+    return time.perf_counter() - start, rusage_cpu_s() - cpu
 
 
 def curl_download(url: str, dest: Path) -> tuple[float, float]:
-    cpu, start = _cpu_s(resource.RUSAGE_CHILDREN), time.perf_counter()
+    cpu, start = rusage_cpu_s(resource.RUSAGE_CHILDREN), time.perf_counter()
     subprocess.run(["curl", "-sS", "-o", str(dest), url], check=True)
     own = time.process_time()
     fsync_file(dest)
     elapsed = time.perf_counter() - start
-    return elapsed, _cpu_s(resource.RUSAGE_CHILDREN) - cpu + time.process_time() - own
+    return elapsed, rusage_cpu_s(resource.RUSAGE_CHILDREN) - cpu + time.process_time() - own
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ from _common import (
     fsync_file,
     median,
     print_table,
+    rusage_cpu_s,
     temp_dir,
     verdict,
     warm_cache,
@@ -108,11 +109,6 @@ def all_files(root: Path) -> list[Path]:
     return [Path(folder) / name for folder, _, names in os.walk(root) for name in names]
 
 
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
@@ -126,7 +122,7 @@ def sha256_of(path: Path) -> str:
 def run_otakit(otakit: str, folder: Path, out: Path) -> tuple[float, float, str]:
     """(seconds, CPU seconds, sha256 from content.json) of one ``otakit pack``."""
     shutil.rmtree(out, ignore_errors=True)
-    cpu = children_cpu()
+    cpu = rusage_cpu_s(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(
         [otakit, "pack", str(folder), "--package", "bench", "--branch", "b", "--version", "1.0",
@@ -137,19 +133,19 @@ def run_otakit(otakit: str, folder: Path, out: Path) -> tuple[float, float, str]
     if done.returncode != 0:
         raise RuntimeError(f"otakit pack failed: {done.stdout!r} {done.stderr!r}")
     sha = json.loads((out / "content.json").read_text())["sha256"]
-    return elapsed, children_cpu() - cpu, sha
+    return elapsed, rusage_cpu_s(resource.RUSAGE_CHILDREN) - cpu, sha
 
 
 def run_zip(folder: Path, out: Path) -> tuple[float, float, float]:
     """(seconds, CPU seconds, seconds of the fsync after it) of one ``zip -r -q -6``."""
     out.unlink(missing_ok=True)
-    cpu = children_cpu()
+    cpu = rusage_cpu_s(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(["zip", "-r", "-q", "-6", str(out), "."], cwd=folder, capture_output=True)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"zip failed: {done.stdout!r} {done.stderr!r}")
-    cpu = children_cpu() - cpu
+    cpu = rusage_cpu_s(resource.RUSAGE_CHILDREN) - cpu
     start = time.perf_counter()
     fsync_file(out)
     return elapsed, cpu, time.perf_counter() - start

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import resource
 import subprocess
 import time
 from pathlib import Path
@@ -33,16 +32,12 @@ from _common import (
     peak_rss_mb,
     print_table,
     process_cpu_s,
+    rusage_cpu_s,
     temp_dir,
     uvicorn_server,
     verdict,
     warm_cache,
 )
-
-
-def cpu_self() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def local_limit(src: Path, dst: Path) -> float:
@@ -113,9 +108,9 @@ def main() -> None:
                 for side in order:
                     prepare()
                     if side == "baseline":
-                        before = cpu_self()
+                        before = rusage_cpu_s()
                         times[side] = local_limit(big, work / "copy.bin")
-                        cpu[side] = cpu_self() - before
+                        cpu[side] = rusage_cpu_s() - before
                     else:
                         before = process_cpu_s(server.pid)
                         times[side] = curl_upload(server.url, content, big)
