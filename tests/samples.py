@@ -1,4 +1,4 @@
-"""The original project's files (``../shared/legacy-samples``) and small builders for test data."""
+"""The original project's files (``tests/data/legacy``) and small builders for test data."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 __all__ = ["LEGACY", "content_for", "make_zip"]
 
-LEGACY = Path(__file__).resolve().parents[1].parent / "shared" / "legacy-samples"
+LEGACY = Path(__file__).resolve().parent / "data" / "legacy"
 
 
 def make_zip(files: dict[str, bytes] | None = None) -> bytes:
