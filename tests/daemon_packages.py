@@ -148,13 +148,29 @@ def unsafe_zip(kind: str) -> bytes:
         elif kind == "absolute":
             archive.writestr(zipfile.ZipInfo("/abs-otakit-e2e.txt"), b"evil\n")
         elif kind == "symlink":
-            link = zipfile.ZipInfo("etc-link")
-            link.external_attr = (stat.S_IFLNK | 0o777) << 16
-            archive.writestr(link, "../../etc")
+            _link(archive, "etc-link", "../../etc")
             archive.writestr("etc-link/passwd-copy", b"evil\n")  # written through the link, if followed
+        elif kind == "chain":  # each link alone stays inside; a/b/ is the install folder's parent
+            _link(archive, "a", ".")
+            _link(archive, "a/b", "..")
+            archive.writestr("a/b/evil.txt", b"evil\n")
+        elif kind == "link-chain":  # no entry passes through a link, but the last link climbs out
+            _link(archive, "a", ".")
+            _link(archive, "up", "a/a/a/../..")
+        elif kind == "long-chain":
+            _link(archive, "x", ".")
+            _link(archive, "x/y", ".")
+            _link(archive, "x/y/z", "../../..")
+            archive.writestr("x/y/z/evil.txt", b"evil\n")
         else:
             raise ValueError(kind)
     return buffer.getvalue()
+
+
+def _link(archive: zipfile.ZipFile, name: str, target: str) -> None:
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    archive.writestr(info, target)
 
 
 def corrupt_on_server(server: RunningServer, content: dict[str, Any]) -> None:
