@@ -344,7 +344,7 @@ def update_to_v2(device: Device) -> None:
 
 def roll_back_to_v1(device: Device) -> None:
     job = device.finish(device.rollback())
-    assert (job["state"], job["from_version"], job["to_version"]) == ("rolled_back", V2, V1), job
+    assert (job["state"], job["from_version"], job["to_version"]) == ("succeeded", V2, V1), job
     assert device.check_consistent() == V1
 
 

@@ -15,13 +15,13 @@ import sys
 import time
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.daemon_api import JOB_KEYS, Api, assert_error, install_body, leftovers, running
 from tests.daemon_packages import (
     HookLine,
     Publisher,
@@ -32,26 +32,9 @@ from tests.daemon_packages import (
     tree,
     unsafe_zip,
 )
-from tests.daemons import TOKEN, RunningDaemon, run_daemon, start_daemon, write_config
+from tests.daemons import TOKEN, run_daemon, start_daemon, write_config
 from tests.samples import LEGACY
 from tests.servers import RunningServer, free_port
-
-JOB_KEYS = {
-    "id",
-    "package",
-    "action",
-    "state",
-    "step",
-    "from_version",
-    "to_version",
-    "progress",
-    "error",
-    "log",
-}
-FINISHED = ("succeeded", "failed", "rolled_back")
-
-Files = dict[str, bytes | str]
-Record = dict[str, Any] | None
 
 
 @pytest.fixture
@@ -69,106 +52,6 @@ def device(tmp_path: Path) -> Path:
 @pytest.fixture
 def hooks_log(tmp_path: Path) -> Path:
     return tmp_path / "hooks.log"
-
-
-# -- talking to the daemon ---------------------------------------------------------------------------
-
-
-class Api:
-    """A running daemon's local API over one kept-alive connection, and what is on its device."""
-
-    def __init__(self, daemon: RunningDaemon, token: str = TOKEN) -> None:
-        self.daemon = daemon
-        self.folder = daemon.folder
-        self.http = httpx.Client(
-            base_url=daemon.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-        )
-
-    def close(self) -> None:
-        self.http.close()
-
-    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return self.http.request(method, path, **kwargs)
-
-    def get(self, path: str) -> dict[str, Any]:
-        response = self.http.get(path)
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        assert body["status"] == 200
-        return body
-
-    def start_job(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        response = self.call(method, path, **kwargs)
-        assert response.status_code == 202, response.text
-        body = response.json()
-        assert body["status"] == 202
-        job: dict[str, Any] = body["job"]
-        assert set(job) == JOB_KEYS
-        return job
-
-    def wait_job(self, job_id: str, timeout: float = 60) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job: dict[str, Any] = self.get(f"/jobs/{job_id}")["job"]
-            if job["state"] in FINISHED:
-                assert set(job) == JOB_KEYS
-                return job
-            time.sleep(0.02)
-        raise AssertionError(f"job {job_id} did not finish in {timeout} s:\n{self.daemon.log_text()}")
-
-    def run_job(self, method: str, path: str, state: str = "succeeded", **kwargs: Any) -> dict[str, Any]:
-        job = self.wait_job(self.start_job(method, path, **kwargs)["id"])
-        assert job["state"] == state, f"{job}\n{self.daemon.log_text()}"
-        return job
-
-    def install(
-        self, publisher: Publisher, name: str, state: str = "succeeded", **extra: Any
-    ) -> dict[str, Any]:
-        return self.run_job("POST", "/packages", state, json=install_body(publisher, name, **extra))
-
-    def config(self) -> dict[str, Any]:
-        return self.daemon.config()
-
-    def installed(self, name: str) -> dict[str, Any] | None:
-        return self.daemon.installed(name)
-
-    def version(self, name: str) -> str | None:
-        record = self.installed(name)
-        return None if record is None else str(record["version"])
-
-    def state_of(self, name: str) -> tuple[Files, Record]:
-        """What is on the device for ``name``: its files and its record in the config file."""
-        local = self.folder / name
-        return (tree(local) if local.exists() else {}), self.installed(name)
-
-
-@contextmanager
-def running(config: Path, token: str = TOKEN) -> Iterator[Api]:
-    with run_daemon(config) as daemon:
-        api = Api(daemon, token)
-        try:
-            yield api
-        finally:
-            api.close()
-
-
-def install_body(publisher: Publisher, name: str, **extra: Any) -> dict[str, Any]:
-    return {"package": name, "branch": "major", "remote": publisher.server.url, "local": f"./{name}", **extra}
-
-
-def leftovers(folder: Path, name: str) -> list[str]:
-    """The daemon's hidden working folders beside ``name``'s install folder."""
-    return sorted(path.name for path in folder.iterdir() if path.name.startswith(f".{name}.otakit-"))
-
-
-def assert_error(response: httpx.Response, status: int) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["status"] == status
-    assert isinstance(body["error"], str)
-    assert body["error"]
-    error: str = body["error"]
-    return error
 
 
 # -- the token ---------------------------------------------------------------------------------------
@@ -560,24 +443,27 @@ def test_before_update_failure_changes_nothing(
 
 
 def test_zip_entries_that_escape_are_refused(
-    tmp_path: Path, device: Path, publisher: Publisher, pkg: str
+    tmp_path: Path, device: Path, hooks_log: Path, publisher: Publisher, pkg: str
 ) -> None:
     absolute = Path("/abs-otakit-e2e.txt")
     assert not absolute.exists()
     with running(write_config(device)) as api:
-        for kind in ("dotdot", "absolute", "symlink"):
+        for kind in ("dotdot", "absolute", "symlink", "chain", "link-chain", "long-chain"):
             name, fresh = f"{pkg}-{kind}", f"{pkg}-{kind}-fresh"
             publisher.publish(name, "1.0")
             api.install(publisher, name)
             old = api.state_of(name), api.config()
-            publisher.publish_zip(name, "2.0", unsafe_zip(kind))
+            before = hook(hooks_log, f"before@{kind}")  # a refused package runs none of its hooks
+            publisher.publish_zip(name, "2.0", unsafe_zip(kind), BeforeUpdate=before)
             job = api.run_job("POST", f"/packages/{name}/update", "failed")
             assert "unsafe" in job["error"], job
+            assert job["step"] == "inspect", job
             assert (api.state_of(name), api.config()) == old
 
-            publisher.publish_zip(fresh, "1.0", unsafe_zip(kind))
+            publisher.publish_zip(fresh, "1.0", unsafe_zip(kind), BeforeUpdate=before)
             job = api.install(publisher, fresh, "failed")
             assert "unsafe" in job["error"], job
+            assert read_hooks(hooks_log) == []
             assert api.installed(fresh) is None
             assert not (device / fresh).exists()
             assert leftovers(device, name) == leftovers(device, fresh) == []
@@ -587,7 +473,7 @@ def test_zip_entries_that_escape_are_refused(
         assert not (folder / "evil.txt").exists()
     assert not (tmp_path / "etc").exists()
     assert [path for path in tmp_path.rglob("*") if path.is_symlink()] == []
-    assert list(tmp_path.rglob("passwd-copy")) == []
+    assert list(tmp_path.rglob("passwd-copy")) == list(tmp_path.rglob("evil.txt")) == []
     assert not Path("/etc/passwd-copy").exists()
 
 
@@ -750,12 +636,16 @@ def test_rollback_restores_the_previous_version(
         assert api.version(name) == "2.0"
         hooks_log.unlink()
 
-        job = api.run_job("POST", f"/packages/{name}/rollback", "rolled_back")
+        job = api.run_job("POST", f"/packages/{name}/rollback")  # asked for and done: succeeded
         assert (job["action"], job["from_version"], job["to_version"]) == ("rollback", "2.0", "1.0")
         assert api.state_of(name) == old
         assert read_hooks(hooks_log) == [
             HookLine("after@1.0", name, "2.0", "1.0", str(local), "major", str(local))  # no BeforeUpdate
         ]
+        # nothing older than 1.0 is kept: a second rollback must not roll forward to 2.0
+        assert "no previous version" in assert_error(api.call("POST", f"/packages/{name}/rollback"), 409)
+        assert api.version(name) == "1.0"
+        assert not (device / f".{name}.otakit-prev").exists()
 
         api.install(publisher, fresh)
         assert_error(api.call("POST", f"/packages/{fresh}/rollback"), 409)
@@ -865,7 +755,7 @@ def test_a_restart_keeps_state(device: Path, publisher: Publisher, pkg: str) -> 
     try:
         assert api.get("/packages") == listed
         assert api.get("/jobs")["list"] == []  # jobs are not kept, state is
-        job = api.run_job("POST", f"/packages/{name}/rollback", "rolled_back")
+        job = api.run_job("POST", f"/packages/{name}/rollback")
         assert job["to_version"] == "1.0"
         assert api.state_of(name) == v1
     finally:
@@ -896,6 +786,17 @@ def test_the_original_projects_config_starts(device: Path) -> None:
         assert saved["package"] == []
         assert saved["flask"] == raw["flask"]
         assert (saved["device"], saved["description"], saved["token"]) == ("mytest", "test device", "123456")
+    assert "unknown key" not in api.daemon.log_text()
+
+
+def test_a_misspelt_key_is_named_in_one_warning(device: Path) -> None:
+    config = write_config(device, poll_intervall=5, auto_updates=False)
+    with running(config) as api:
+        assert api.get("/info")["device"] == "test-device"
+    warnings = [line for line in api.daemon.log_text().splitlines() if "unknown key" in line]
+    assert len(warnings) == 1, warnings
+    assert "'poll_intervall', 'auto_updates'" in warnings[0]
+    assert json.loads(config.read_text())["poll_intervall"] == 5
 
 
 @pytest.mark.parametrize(

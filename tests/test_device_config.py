@@ -59,3 +59,12 @@ def test_trusted_keys_are_checked_at_load() -> None:
         parse_device_config(json.dumps({"token": "t", "trusted_keys": ["rsa:AAAA"]}))
     key = "ed25519:" + "A" * 43 + "="
     assert parse_device_config(json.dumps({"token": "t", "trusted_keys": [key]})).trusted_keys == [key]
+
+
+def test_unknown_keys_are_kept_and_named() -> None:
+    raw = {"token": "t", "poll_intervall": 5, "flask": {"port": 9, "hots": "x"}, "http": {}}
+    config = parse_device_config(json.dumps({k: v for k, v in raw.items() if k != "http"}))
+    assert config.unknown_keys() == ["poll_intervall", "flask.hots"]
+    assert config.poll_interval == 1800  # the misspelt key sets nothing
+    assert config.to_json()["poll_intervall"] == 5
+    assert parse_device_config((LEGACY / "daemon-config.json").read_bytes()).unknown_keys() == []

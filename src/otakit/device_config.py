@@ -45,6 +45,10 @@ class DeviceConfig(BaseModel):
     max_download_bytes: int = Field(10 * 1024**3, gt=0)
     state_dir: str = ".otakit-state"
 
+    def unknown_keys(self) -> list[str]:
+        """Keys of the file the daemon does not use (kept as they are when it is rewritten)."""
+        return [*(self.model_extra or {}), *(f"flask.{key}" for key in self.api.model_extra or {})]
+
     def installed(self, name: str) -> Content | None:
         return next((content for content in self.package if content.package == name), None)
 

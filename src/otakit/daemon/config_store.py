@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 
 import anyio.to_thread
@@ -19,6 +20,8 @@ from otakit.errors import ValidationError
 from otakit.fsutil import write_atomically
 
 __all__ = ["ConfigStore"]
+
+_CODE = Path(__file__).resolve().parents[1]  # the otakit package
 
 
 class ConfigStore:
@@ -44,6 +47,40 @@ class ConfigStore:
         if not content.local:
             raise ValidationError(f"{content.package} has no 'local' install folder in its content.json")
         return self.resolve(content.local)
+
+    def check_local(self, package: str, local: str) -> Path:
+        """The folder ``local`` names for ``package``; ValidationError when installing there would move
+        the daemon's own files away (its config, state, code or interpreter) or another package's.
+
+        An install swaps the whole folder, so it may contain none of those, nor lie inside the state
+        folder or the daemon's code, nor overlap another installed package's folder.
+        """
+        if not local:
+            raise ValidationError(f"{package} has no 'local' install folder")
+        path = self.resolve(local)
+        if path == path.parent:
+            raise ValidationError(f"refusing to install {package} at {path}: it is the root folder")
+        own = {
+            "the daemon's config file": self.path,
+            "the daemon's state folder": self.state_dir,
+            "the daemon's code": _CODE,
+            "the daemon's interpreter": Path(sys.executable).resolve(),
+        }
+        for what, mine in own.items():
+            if path == mine or path in mine.parents:
+                raise ValidationError(f"refusing to install {package} at {path}: it holds {what} ({mine})")
+        for what in ("the daemon's state folder", "the daemon's code"):
+            if own[what] in path.parents:
+                raise ValidationError(f"refusing to install {package} at {path}: it is inside {what}")
+        for other in self.config.package:
+            if other.package == package or not other.local:
+                continue
+            theirs = self.resolve(other.local)
+            if path == theirs or path in theirs.parents or theirs in path.parents:
+                raise ValidationError(
+                    f"refusing to install {package} at {path}: it overlaps {other.package}'s folder {theirs}"
+                )
+        return path
 
     @property
     def state_dir(self) -> Path:

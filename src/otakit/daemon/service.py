@@ -40,6 +40,13 @@ class Daemon:
     async def start(self) -> None:
         for line in await self.updater.recover():
             log.warning("%s", line)
+        unknown = self.store.config.unknown_keys()
+        if unknown:
+            log.warning(
+                "%s: ignoring unknown key(s) %s (kept in the file; a misspelling?)",
+                self.store.path,
+                ", ".join(repr(key) for key in unknown),
+            )
         if not self.store.config.trusted_keys:
             log.warning("no trusted_keys configured: package signatures are not verified")
         interval = self.store.config.poll_interval
@@ -58,6 +65,7 @@ class Daemon:
     def start_install(self, request: InstallRequest) -> Job:
         if self.store.config.installed(request.package) is not None:
             raise ConflictError(f"{request.package} is installed already; update it instead")
+        self.store.check_local(request.package, request.local)
         return self.jobs.start(request.package, "install", lambda job: self.updater.install(job, request))
 
     def start_update(self, name: str, version: str | None = None, allow_downgrade: bool = False) -> Job:
@@ -119,6 +127,13 @@ class Daemon:
                 continue
             if not self.store.config.auto_update:
                 job.say(f"{name}: {found.version} is available (auto_update is off)")
+                continue
+            failed = self.updater.failed.reason(name, found.version)
+            if failed is not None:
+                job.say(
+                    f"{name}: skipping {found.version}, which failed here before ({failed}); waiting for "
+                    "a higher version (an explicit update still tries it)"
+                )
                 continue
             try:
                 started = self.jobs.start(name, "update", functools.partial(self._update_latest, name))

@@ -22,13 +22,14 @@ from packaging.specifiers import SpecifierSet
 
 from otakit.content import Content, parse_content
 from otakit.daemon.config_store import ConfigStore
+from otakit.daemon.failures import FailedVersions
 from otakit.daemon.fetch import Fetcher
 from otakit.daemon.hooks import HookError, run_hook
 from otakit.daemon.jobs import Job
 from otakit.daemon.journal import Journal, Swap, remove_tree, sibling
 from otakit.daemon.plan import choose, install_order, is_upgrade
-from otakit.daemon.unpack import unpack
-from otakit.errors import ConflictError, NotFoundError, ValidationError
+from otakit.daemon.unpack import inspect, unpack
+from otakit.errors import ConflictError, NotFoundError, TooLargeError, ValidationError
 from otakit.fsutil import write_atomically
 from otakit.signing import parse_public_key, verify_content
 from otakit.versions import parse_version
@@ -78,6 +79,7 @@ class Updater:
         self.journal = Journal(state / "journal")
         self.downloads = state / "downloads"
         self.previous = state / "previous"
+        self.failed = FailedVersions(state / "failed.json")
 
     # -- questions -------------------------------------------------------------------------------
     def installed(self, name: str) -> Content:
@@ -150,7 +152,6 @@ class Updater:
         await anyio.to_thread.run_sync(swap.save)
         await self._after_restore(job, swap, restored=previous, replaced=installed)
         await self._commit(job, swap, previous)
-        job.state = "rolled_back"
 
     async def _remove(self, job: Job, name: str) -> None:
         installed = self.installed(name)
@@ -220,7 +221,10 @@ class Updater:
                 planned[name] = Planned(pick, source, have.local if have else pick.local)
                 requires[content.package].add(name)
                 queue.append(pick)
-        return [planned[name] for name in install_order(target.package, requires)]
+        order = [planned[name] for name in install_order(target.package, requires)]
+        for step in order:
+            self.store.check_local(step.content.package, step.local)
+        return order
 
     @staticmethod
     def _require(spec: SpecifierSet, have: Content, by: Content) -> None:
@@ -240,20 +244,26 @@ class Updater:
         once this job's turn to change files has come."""
         target = goal.content
         job.to_version = target.version
-        job.step = "verify"
-        self.verify(target)
-        if self.trusted:
-            job.say(f"{target.package} {target.version}: signature verified")
-        async with self._exclusive(job):
-            now = self.store.config.installed(target.package)
-            if (now.version if now else None) != expect:
-                raise ConflictError(f"{target.package} changed while this job waited; ask again")
-            job.step = "resolve"
-            for step in await self.resolve(goal):
-                if step is not goal:
-                    job.say(f"dependency {step.content.package} {step.content.version} first")
-                installed = self.store.config.installed(step.content.package)
-                await self._install_one(job, step, "update" if installed else "install")
+        try:
+            job.step = "verify"
+            self.verify(target)
+            if self.trusted:
+                job.say(f"{target.package} {target.version}: signature verified")
+            async with self._exclusive(job):
+                now = self.store.config.installed(target.package)
+                if (now.version if now else None) != expect:
+                    raise ConflictError(f"{target.package} changed while this job waited; ask again")
+                job.step = "resolve"
+                for step in await self.resolve(goal):
+                    if step is not goal:
+                        job.say(f"dependency {step.content.package} {step.content.version} first")
+                    installed = self.store.config.installed(step.content.package)
+                    await self._install_one(job, step, "update" if installed else "install")
+        except Exception as exc:
+            if _package_at_fault(exc, job.step):
+                await self.failed.remember(target.package, target.version, str(exc) or type(exc).__name__)
+            raise
+        await self.failed.forget(target.package, target.version)
 
     @contextlib.asynccontextmanager
     async def _exclusive(self, job: Job) -> AsyncIterator[None]:
@@ -301,7 +311,27 @@ class Updater:
         # Named by the sha256 too: a partial file of a since-replaced upload is never resumed.
         zip_path = self.downloads / f"{content.file_name}.{content.sha256.lower()[:16]}"
         await self.fetcher.download(content, zip_path, progress=_progress(job), remote=step.remote)
-        job.say(f"downloaded and verified {content.file_name}")
+        try:
+            job.say(f"downloaded and verified {content.file_name}")
+            await self._install_zip(job, zip_path, action, content, installed, recorded, local)
+        finally:  # a finished download is never resumed: only a partial one is kept
+            zip_path.unlink(missing_ok=True)
+
+    async def _install_zip(
+        self,
+        job: Job,
+        zip_path: Path,
+        action: str,
+        content: Content,
+        installed: Content | None,
+        recorded: Content,
+        local: Path,
+    ) -> None:
+        """Check the verified zip's entries, then BeforeUpdate → unpack and swap → AfterUpdate → record."""
+        name = content.package
+        job.step = "inspect"
+        listing = await anyio.to_thread.run_sync(inspect, zip_path)
+        job.say(f"checked {len(listing.entries)} entries ({listing.files} file(s), {listing.size} bytes)")
 
         job.step = "BeforeUpdate"
         await self._hook(job, "BeforeUpdate", content.before_update, content, installed, local)
@@ -343,7 +373,6 @@ class Updater:
 
         job.step = "record"
         await self._commit(job, swap, recorded)
-        zip_path.unlink(missing_ok=True)
 
     async def _commit(self, job: Job, swap: Swap, recorded: Content | None) -> None:
         """Record the change in the config (the commit point), then clean up behind it."""
@@ -359,7 +388,9 @@ class Updater:
 
     def _cleanup_committed(self, swap: Swap) -> None:
         record = self.previous / f"{swap.package}.json"
-        if swap.action == "remove":
+        if swap.action in ("remove", "rollback"):
+            # After a rollback the kept folder holds the newer version: a second rollback must not
+            # roll forward to it, so there is nothing left to roll back to.
             record.unlink(missing_ok=True)
             remove_tree(sibling(swap.local, "prev"))
         elif swap.before is not None:
@@ -423,6 +454,14 @@ class Updater:
                 if partial.stat().st_mtime < stale:
                     partial.unlink(missing_ok=True)
         return done
+
+
+def _package_at_fault(exc: Exception, step: str) -> bool:
+    """Whether a failed update says something about the version itself (so that the poller should not
+    try it again), rather than about the moment: a server down, a job racing, a dependency missing."""
+    if step in ("check", "resolve", "waiting"):
+        return False
+    return isinstance(exc, ValidationError | TooLargeError | HookError)
 
 
 def _progress(job: Job) -> Callable[[int, int | None], None]:
