@@ -151,7 +151,9 @@ def test_errors_are_one_clear_line(
     code, _, stderr = _run(
         "upload", zip_path, "-c", content, "-s", sqlite_server.url, env={"OTAKIT_TOKEN": ""}
     )
-    assert "token" in _one_line_error(code, stderr)
+    assert _one_line_error(code, stderr) == (
+        "otakit: error: a publisher token is required: pass --token or set OTAKIT_TOKEN"
+    )
     dead = f"http://127.0.0.1:{free_port()}"
     code, _, stderr = _run("upload", zip_path, "-c", content, "-s", dead, "--token", "t")
     assert "cannot reach" in _one_line_error(code, stderr)

@@ -153,3 +153,18 @@ def test_server_answers_become_our_errors(
         pytest.raises(error, match=message),
     ):
         client.upload(path, _content(sha))
+
+
+def test_an_invalid_latest_answer_names_the_server() -> None:
+    content = {"package": "app", "branch": "major", "version": "latest", "sha256": "a" * 64}
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(200, json={"status": 200, "content.json": content})
+    )
+    with (
+        ServerClient("http://ota.test", retries=0, transport=transport) as client,
+        pytest.raises(ValidationError) as refused,
+    ):
+        client.latest("app", "major")
+    assert str(refused.value) == (
+        "invalid content.json from http://ota.test: invalid version 'latest': not a PEP 440 version"
+    )

@@ -135,8 +135,9 @@ def test_bad_descriptions_are_refused_before_writing(
 ) -> None:
     src = _tree(tmp_path / "src", FILES)
     args: dict[str, object] = {"package": "p", "branch": "b", "version": "1.0", **kwargs}
-    with pytest.raises(ValidationError, match=message):
+    with pytest.raises(ValidationError, match=message) as refused:
         pack(src, tmp_path / "out", **args)  # type: ignore[arg-type]
+    assert str(refused.value).startswith("invalid package description: ")
     assert not (tmp_path / "out").exists()
 
 

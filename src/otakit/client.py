@@ -159,7 +159,7 @@ class ServerClient:
 
     def latest(self, package: str, branch: str) -> Content:
         body = self._request("GET", "/latestVersion", params={"package": package, "branch": branch})
-        return parse_content(body["content.json"], "the server's content.json")
+        return parse_content(body["content.json"], f"content.json from {self.base_url}")
 
     def versions(
         self, package: str, branch: str | None = None, version: str | None = None

@@ -242,7 +242,7 @@ def pack(
         "AfterUpdate": after,
         "dependencies": depends or {},
     }
-    checked = parse_content(draft, "the package description")  # names, version, dependencies
+    checked = parse_content(draft, "package description")  # names, version, dependencies
     out_dir.mkdir(parents=True, exist_ok=True)
     zip_path = out_dir / checked.file_name
     content_path = out_dir / "content.json"

@@ -44,7 +44,12 @@ def _first_error(exc: RequestValidationError) -> str:
     if not errors:
         return "invalid request"
     first = errors[0]
-    where = str(first.get("loc", ("",))[-1])
+    loc = first.get("loc") or ("",)
+    if first.get("type") == "json_invalid":  # loc is ("body", the character where decoding stopped)
+        reason = (first.get("ctx") or {}).get("error") or "it does not decode"
+        at = f" at character {loc[-1]}" if isinstance(loc[-1], int) else ""
+        return f"the request body is not valid JSON: {reason}{at}"
+    where = str(loc[-1])
     if first.get("type") == "missing":
         return f"{where} is required"
     return f"{where}: {first.get('msg', 'invalid')}"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from otakit.cli.errors import reporting_errors
-from otakit.errors import ConflictError, NotFoundError, ValidationError
+from otakit.errors import AuthError, ConflictError, NotFoundError, ValidationError
 
 if TYPE_CHECKING:
     from otakit.client import ServerClient
@@ -155,6 +155,11 @@ def _publish(
     with ServerClient(server, token=token) as client:
         try:
             _send(client, zip_file, text, size, force=force, digest=digest)
+        except AuthError as exc:
+            # The server's advice is for curl (the Authorization header); ours names our own ways.
+            if not token and str(exc).startswith("a publisher token is required"):
+                raise AuthError("a publisher token is required: pass --token or set OTAKIT_TOKEN") from None
+            raise
         except ConflictError as exc:
             if not _already_there(client, described):
                 reason = f"{exc}".split("; upload with")[0]
