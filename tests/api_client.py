@@ -1,4 +1,4 @@
-"""Uploading to a test server the way a publisher would."""
+"""Uploading to a test server the way a publisher would, and checking the answers' error convention."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import httpx
 
 from tests.servers import RunningServer
 
-__all__ = ["upload"]
+__all__ = ["assert_error", "upload"]
 
 
 def upload(
@@ -34,3 +34,14 @@ def upload(
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     with server.client() as client:
         return client.put("/upload", files=parts, headers=headers, params=params)
+
+
+def assert_error(response: httpx.Response, status: int) -> str:
+    """The error sentence of an answer that must be ``status`` under the JSON convention."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["status"] == status
+    assert isinstance(body["error"], str)
+    assert body["error"]
+    error: str = body["error"]
+    return error

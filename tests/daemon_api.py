@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from tests.api_client import assert_error
 from tests.daemon_packages import Publisher, tree
 from tests.daemons import TOKEN, RunningDaemon, run_daemon
 
@@ -118,13 +119,3 @@ def install_body(publisher: Publisher, name: str, **extra: Any) -> dict[str, Any
 def leftovers(folder: Path, name: str) -> list[str]:
     """The daemon's hidden working folders beside ``name``'s install folder."""
     return sorted(path.name for path in folder.iterdir() if path.name.startswith(f".{name}.otakit-"))
-
-
-def assert_error(response: httpx.Response, status: int) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["status"] == status
-    assert isinstance(body["error"], str)
-    assert body["error"]
-    error: str = body["error"]
-    return error

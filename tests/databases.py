@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit
 import pymysql
 import pytest
 
-from otakit.server.repository.mysql import mysql_params
+from otakit.server.db.urls import mysql_params
 
 __all__ = ["BACKENDS", "MySQLServer", "database_url", "mysql_connect", "mysql_database", "reachable_mysql"]
 

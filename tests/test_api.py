@@ -9,11 +9,16 @@ import socket
 import stat
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.routing import iter_route_contexts
 
-from tests.api_client import upload
+from otakit.names import NAME_PATTERN
+from otakit.server.app import create_app
+from otakit.server.settings import ServerSettings
+from tests.api_client import assert_error, upload
 from tests.samples import LEGACY, content_for, make_zip
 from tests.servers import RunningServer
 
@@ -23,15 +28,6 @@ def _ok(response: httpx.Response) -> dict[str, object]:
     body: dict[str, object] = response.json()
     assert body["status"] == 200
     return body
-
-
-def _error(response: httpx.Response, status: int) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["status"] == status
-    assert isinstance(body["error"], str)
-    assert body["error"]
-    return body["error"]
 
 
 def _publish(
@@ -98,16 +94,17 @@ def test_get_version_lists_highest_first_and_filters(server: RunningServer, pkg:
             ("1.0.0", "beta"), ("0.0.10", "major"), ("0.0.9", "major"),
         ]  # fmt: skip
         entry = listed[0]  # type: ignore[index]
-        assert set(entry) == {"name", "branch", "version", "content"}
+        assert set(entry) == {"name", "branch", "version", "content", "released"}
+        assert entry["released"] is True
         assert entry["name"] == pkg
         assert entry["content"]["version"] == "1.0.0"
         only_major = _ok(client.get("/getVersion", params={"package": pkg, "branch": "major"}))["list"]
         assert [e["version"] for e in only_major] == ["0.0.10", "0.0.9"]  # type: ignore[union-attr]
         one = _ok(client.get("/getVersion", params={"package": pkg, "version": "0.0.9"}))["list"]
         assert [e["version"] for e in one] == ["0.0.9"]  # type: ignore[union-attr]
-        _error(client.get("/getVersion", params={"package": pkg, "branch": "nope"}), 404)
-        _error(client.get("/getVersion", params={"package": pkg, "version": "9.9"}), 404)
-        _error(client.get("/getVersion", params={"package": "unknown-" + pkg}), 404)
+        assert_error(client.get("/getVersion", params={"package": pkg, "branch": "nope"}), 404)
+        assert_error(client.get("/getVersion", params={"package": pkg, "version": "9.9"}), 404)
+        assert_error(client.get("/getVersion", params={"package": "unknown-" + pkg}), 404)
 
 
 @pytest.mark.parametrize(
@@ -129,14 +126,41 @@ def test_get_version_lists_highest_first_and_filters(server: RunningServer, pkg:
 )
 def test_bad_parameters_are_400_not_422(server: RunningServer, path: str, params: dict[str, str]) -> None:
     with server.client() as client:
-        _error(client.get(path, params=params), 400)
+        assert_error(client.get(path, params=params), 400)
 
 
 def test_unknown_routes_answer_in_the_convention(server: RunningServer) -> None:
     with server.client() as client:
-        _error(client.get("/nope"), 404)
-        _error(client.post("/latestVersion"), 405)
-        _error(client.get("/latestVersion", params={"package": "none-such", "branch": "major"}), 404)
+        assert_error(client.get("/nope"), 404)
+        assert_error(client.post("/latestVersion"), 405)
+        assert_error(client.get("/latestVersion", params={"package": "none-such", "branch": "major"}), 404)
+
+
+def test_latest_version_is_one_route(tmp_path: Path) -> None:
+    settings = ServerSettings(database_url=f"sqlite:///{tmp_path / 'ota.db'}", files_dir=tmp_path / "files")
+    paths = [route.path for route in iter_route_contexts(create_app(settings).routes)]
+    assert paths.count("/latestVersion") == 1
+
+
+def test_names_are_documented_as_they_are_checked(server: RunningServer) -> None:
+    with server.client() as client:
+        paths = client.get("/openapi.json").json()["paths"]
+    latest = {p["name"]: p for p in paths["/latestVersion"]["get"]["parameters"] if p["in"] == "query"}
+    listed = {p["name"]: p for p in paths["/getVersion"]["get"]["parameters"]}
+    for parameter in (latest["package"], latest["branch"], listed["package"], listed["branch"]):
+        assert parameter["schema"]["maxLength"] == 100
+        assert parameter["schema"]["pattern"] == NAME_PATTERN
+    assert latest["package"]["required"] is True
+    assert latest["branch"]["required"] is True
+    assert set(paths["/latestVersion"]["get"]["responses"]) >= {"200", "304", "400", "404"}
+
+
+@pytest.mark.parametrize("path", ["/latestVersion", "/getVersion"])
+def test_a_name_over_100_characters_is_a_400(server: RunningServer, path: str) -> None:
+    with server.client() as client:
+        too_long = client.get(path, params={"package": "p" * 101, "branch": "major"})
+        assert "at most 100 characters" in assert_error(too_long, 400)
+        assert_error(client.get(path, params={"package": "p" * 100, "branch": "major"}), 404)
 
 
 def test_latest_version_etag_and_304(server: RunningServer, pkg: str) -> None:
@@ -207,18 +231,18 @@ def test_file_route_refuses_names_that_are_not_names(server: RunningServer, path
 def test_unknown_file_is_a_json_404(server: RunningServer, pkg: str) -> None:
     _publish(server, pkg, "1.0")
     with server.client() as client:
-        _error(client.get(_file_url(pkg, "major", "9.9.9")), 404)
-        _error(client.get(_file_url(pkg, "beta", "1.0")), 404)
-        _error(client.get(_file_url(pkg, "major", "1.0.0")), 404)  # stored as written: 1.0
+        assert_error(client.get(_file_url(pkg, "major", "9.9.9")), 404)
+        assert_error(client.get(_file_url(pkg, "beta", "1.0")), 404)
+        assert_error(client.get(_file_url(pkg, "major", "1.0.0")), 404)  # stored as written: 1.0
 
 
 def test_upload_refuses_a_wrong_hash_and_keeps_nothing(server: RunningServer, pkg: str) -> None:
     data = make_zip()
     content = content_for(data + b"tampered", pkg, "1.0.0")
-    message = _error(upload(server, content, data), 400)
+    message = assert_error(upload(server, content, data), 400)
     assert "sha256" in message
     with server.client() as client:
-        _error(client.get("/latestVersion", params={"package": pkg, "branch": "major"}), 404)
+        assert_error(client.get("/latestVersion", params={"package": pkg, "branch": "major"}), 404)
     assert not (server.files_dir / pkg).exists()
     assert _listing(server.files_dir / ".incoming") == []
 
@@ -253,25 +277,25 @@ def test_upload_refuses_invalid_content(
 ) -> None:
     data = make_zip()
     content = mutate(content_for(data, pkg, "1.0.0"))  # type: ignore[operator]
-    assert fragment in _error(upload(server, content, data), 400)
+    assert fragment in assert_error(upload(server, content, data), 400)
     assert _listing(server.files_dir / ".incoming") == []
 
 
 def test_upload_missing_parts_and_wrong_body(server: RunningServer, pkg: str) -> None:
     data = make_zip()
     content = content_for(data, pkg, "1.0.0")
-    assert "'file'" in _error(upload(server, content, None), 400)
-    assert "'content'" in _error(upload(server, None, data), 400)
+    assert "'file'" in assert_error(upload(server, content, None), 400)
+    assert "'content'" in assert_error(upload(server, None, data), 400)
     with server.client() as client:
         headers = {"Authorization": "Bearer test-token"}
-        assert "multipart" in _error(client.put("/upload", content=b"raw bytes", headers=headers), 400)
-        assert "multipart" in _error(client.put("/upload", json=content, headers=headers), 400)
+        assert "multipart" in assert_error(client.put("/upload", content=b"raw bytes", headers=headers), 400)
+        assert "multipart" in assert_error(client.put("/upload", json=content, headers=headers), 400)
         broken = client.put(
             "/upload",
             content=b'--xyz\r\nContent-Disposition: form-data; name="file"\r\n\r\nabc',
             headers={**headers, "Content-Type": "multipart/form-data; boundary=xyz"},
         )
-        _error(broken, 400)
+        assert_error(broken, 400)
     assert _listing(server.files_dir / ".incoming") == []
 
 
@@ -279,9 +303,9 @@ def test_upload_token(server: RunningServer, pkg: str) -> None:
     data = make_zip()
     content = content_for(data, pkg, "1.0.0")
     response = upload(server, content, data, token=None)
-    _error(response, 401)
+    assert "Authorization: Bearer <token>" in assert_error(response, 401)  # the advice for curl users
     assert response.headers["www-authenticate"] == "Bearer"
-    _error(upload(server, content, data, token="wrong"), 401)
+    assert_error(upload(server, content, data, token="wrong"), 401)
     _ok(upload(server, content, data, token="second-token"))  # every configured token works
 
 
@@ -303,7 +327,7 @@ def test_existing_version_is_409_without_force(server: RunningServer, pkg: str) 
     for version in ["1.0", "1.0.0"]:  # the same version, however written
         for file_first in (False, True):
             response = upload(server, content_for(other, pkg, version), other, file_first=file_first)
-            assert "exists" in _error(response, 409)
+            assert "exists" in assert_error(response, 409)
     with server.client() as client:
         assert client.get(_file_url(pkg, "major", "1.0")).content == data
     assert _listing(server.files_dir / ".incoming") == []
@@ -325,7 +349,7 @@ def test_force_and_overwrite_replace_row_and_file(server: RunningServer, pkg: st
         assert _listing(layout) == [f"{pkg}-major-{version}.zip"]  # 1.0 replaced by 1.0.0: one file
         assert (layout / f"{pkg}-major-{version}.zip").read_bytes() == data
     with server.client() as client:
-        _error(client.get(_file_url(pkg, "major", "1.0")), 404)
+        assert_error(client.get(_file_url(pkg, "major", "1.0")), 404)
     objects = _listing(server.files_dir / ".objects")
     with server.client() as client:
         total = sum(len(e["list"]) for e in [client.get("/getVersion", params={"package": p}).json()
@@ -424,7 +448,7 @@ def test_oversized_upload_is_413(tmp_path_factory: pytest.TempPathFactory) -> No
         _ok(upload(srv, content_for(small, "small", "1.0"), small))
         big = os.urandom(150_000)
         # Declared too large: refused before the body is read.
-        _error(upload(srv, content_for(big, "big", "1.0"), big), 413)
+        assert_error(upload(srv, content_for(big, "big", "1.0"), big), 413)
         # Not declared (chunked): refused while streaming, nothing kept.
         body = _multipart_chunks(json.dumps(content_for(big, "big", "1.1")).encode(), big)
         with srv.client() as client:
@@ -434,7 +458,7 @@ def test_oversized_upload_is_413(tmp_path_factory: pytest.TempPathFactory) -> No
                 headers={"Authorization": "Bearer test-token",
                          "Content-Type": "multipart/form-data; boundary=b0undary"},
             )  # fmt: skip
-        _error(response, 413)
+        assert_error(response, 413)
         assert _listing(srv.files_dir / ".incoming") == []
         assert not (srv.files_dir / "big").exists()
 

@@ -14,10 +14,9 @@ import pymysql.cursors
 import pytest
 
 from otakit.errors import ConflictError, UnavailableError
+from otakit.server.db.migrations import load_migrations
+from otakit.server.db.urls import sqlite_path
 from otakit.server.repository import Repository, VersionKey, VersionRow, open_repository
-from otakit.server.repository.migrations import load_migrations
-from otakit.server.repository.mysql import mysql_params
-from otakit.server.repository.sqlite import sqlite_path
 from otakit.versions import version_key
 from tests.databases import MySQLServer, mysql_connect
 
@@ -32,11 +31,18 @@ async def repo(repo_url: str) -> AsyncIterator[Repository]:
 
 
 def make_row(
-    name: str, version: str, branch: str = "master", content: str | None = None, object_id: str | None = None
+    name: str,
+    version: str,
+    branch: str = "master",
+    content: str | None = None,
+    object_id: str | None = None,
+    *,
+    released: bool = True,
 ) -> VersionRow:
     if content is None:
         content = json.dumps({"name": name, "version": version, "branch": branch, "sha256": "ab" * 32})
-    return VersionRow(name, branch, version, version_key(version), content, object_id or uuid.uuid4().hex)
+    object_id = object_id or uuid.uuid4().hex
+    return VersionRow(name, branch, version, version_key(version), content, object_id, released)
 
 
 async def store(repo: Repository, row: VersionRow) -> VersionRow | None:
@@ -185,6 +191,113 @@ async def test_object_ids_lists_every_row(repo: Repository) -> None:
     assert sorted([i async for i in repo.object_ids()]) == sorted(
         [replacement.object_id, rows[1].object_id, rows[2].object_id]
     )
+
+
+# --- released or held ---------------------------------------------------------------------------
+
+
+async def test_rows_are_released_unless_stored_held(repo: Repository) -> None:
+    released, held = make_row("pkg", "1.0"), make_row("pkg", "2.0", released=False)
+    assert released.released is True
+    for row in (released, held):
+        await store(repo, row)
+    assert await repo.get(released.key) == released
+    assert await repo.get(held.key) == held
+    assert [(r.version, r.released) for r in await repo.list_versions("pkg")] == [
+        ("2.0", False),
+        ("1.0", True),
+    ]
+
+
+async def test_latest_skips_held_versions(repo: Repository) -> None:
+    await store(repo, make_row("pkg", "3.0", released=False))
+    assert await repo.latest("pkg", "master") is None  # the only version is held
+    await store(repo, make_row("pkg", "1.0"))
+    await store(repo, make_row("pkg", "2.0", released=False))
+    await store(repo, make_row("pkg", "9.0", branch="beta"))
+    latest = await repo.latest("pkg", "master")
+    assert latest is not None
+    assert (latest.version, latest.released) == ("1.0", True)
+
+
+async def test_release_makes_it_latest_and_hold_undoes_it(repo: Repository) -> None:
+    old, new = make_row("pkg", "1.0"), make_row("pkg", "2.0", released=False)
+    for row in (old, new):
+        await store(repo, row)
+    assert await repo.set_released(new.key, True) is True
+    latest = await repo.latest("pkg", "master")
+    assert latest is not None
+    assert (latest.version, latest.released, latest.object_id) == ("2.0", True, new.object_id)
+    assert await repo.set_released(new.key, True) is True  # already released: still found
+    assert await repo.set_released(new.key, False) is True
+    latest = await repo.latest("pkg", "master")
+    assert latest is not None
+    assert latest.version == "1.0"
+    stored = await repo.get(new.key)
+    assert stored is not None
+    assert (stored.released, stored.content, stored.object_id) == (False, new.content, new.object_id)
+    # Holding the last released version leaves nothing to offer.
+    assert await repo.set_released(old.key, False) is True
+    assert await repo.latest("pkg", "master") is None
+
+
+async def test_set_released_of_an_unknown_version_is_false(repo: Repository) -> None:
+    await store(repo, make_row("pkg", "1.0"))
+    assert await repo.set_released(VersionKey("pkg", "master", version_key("2.0")), True) is False
+    assert await repo.set_released(VersionKey("pkg", "beta", version_key("1.0")), False) is False
+    assert await repo.set_released(VersionKey("other", "master", version_key("1.0")), False) is False
+    assert [r.released for r in await repo.list_versions("pkg")] == [True]
+
+
+async def test_set_released_matches_equal_versions(repo: Repository) -> None:
+    row = make_row("pkg", "1.0")
+    await store(repo, row)
+    assert await repo.set_released(VersionKey("pkg", "master", version_key("1.0.0")), False) is True
+    assert await repo.latest("pkg", "master") is None
+
+
+async def test_a_replacing_put_stores_its_own_flag(repo: Repository) -> None:
+    held = make_row("pkg", "1.0", released=False)
+    await store(repo, held)
+    replacement = make_row("pkg", "1.0.0")  # a forced re-upload without hold
+    assert await store(repo, replacement) == held
+    assert await repo.get(held.key) == replacement
+    held_again = make_row("pkg", "1.0", released=False)
+    assert await store(repo, held_again) == replacement
+    assert await repo.get(held.key) == held_again
+    assert await repo.latest("pkg", "master") is None
+
+
+async def test_upgrading_an_existing_database_keeps_its_rows_released(repo_url: str) -> None:
+    first, *later = load_migrations(dialect(repo_url))
+    assert later, "this test wants a migration after 0001"
+    async with open_repository(repo_url) as repository:
+        # A database of the release before: only 0001 applied, rows written without the column.
+        async with repository.driver.transaction() as tx:
+            await repository.driver.create_migrations_table(tx)
+            for statement in first.statements:
+                await tx.execute(statement)
+            await tx.execute(
+                "INSERT INTO otakit_migrations (number, name) VALUES (?, ?)", (first.number, first.name)
+            )
+            for version in ("1.0", "2.0"):
+                await tx.execute(
+                    "INSERT INTO ota (name, branch, version, version_key, content, object_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    ("pkg", "master", version, version_key(version), '{"sha256": "ab"}', uuid.uuid4().hex),
+                )
+        assert await repository.upgrade() == [m.name for m in later]
+        assert [(r.version, r.released) for r in await repository.list_versions("pkg")] == [
+            ("2.0", True),
+            ("1.0", True),
+        ]
+        latest = await repository.latest("pkg", "master")
+        assert latest is not None
+        assert latest.version == "2.0"
+        await store(repository, make_row("pkg", "3.0", released=False))
+        latest = await repository.latest("pkg", "master")
+        assert latest is not None
+        assert latest.version == "2.0"
 
 
 # --- claims -------------------------------------------------------------------------------------
@@ -389,23 +502,24 @@ async def test_mysql_close_waits_for_claims_in_flight(mysql_server: MySQLServer)
 
 
 LATEST_SQL = (
-    "SELECT name, branch, version, version_key, content, object_id FROM ota"
-    " WHERE name = {p} AND branch = {p} ORDER BY version_key DESC LIMIT 1"
+    "SELECT name, branch, version, version_key, content, object_id, released FROM ota"
+    " WHERE name = {p} AND branch = {p} AND released = 1 ORDER BY version_key DESC LIMIT 1"
 )
+LATEST_INDEX = "ota_name_branch_released_version"
 
 
 async def test_latest_uses_the_index(repo: Repository, repo_url: str) -> None:
     for n in range(5):
         for branch in ("master", "beta"):
             for minor in range(12):
-                await store(repo, make_row(f"pkg{n}", f"1.{minor}", branch))
+                await store(repo, make_row(f"pkg{n}", f"1.{minor}", branch, released=minor % 3 != 0))
     if dialect(repo_url) == "sqlite":
         with closing(sqlite3.connect(sqlite_path(repo_url))) as conn:
             plan = " | ".join(
                 str(r[-1])
                 for r in conn.execute("EXPLAIN QUERY PLAN " + LATEST_SQL.format(p="?"), ("pkg3", "master"))
             )
-        assert "USING INDEX ota_name_branch_version" in plan, plan
+        assert f"USING INDEX {LATEST_INDEX}" in plan, plan
         assert "TEMP B-TREE" not in plan, plan
     else:
         with closing(mysql_connect(repo_url)) as conn, conn.cursor(pymysql.cursors.DictCursor) as cur:
@@ -413,41 +527,6 @@ async def test_latest_uses_the_index(repo: Repository, repo_url: str) -> None:
             cur.fetchall()
             cur.execute("EXPLAIN " + LATEST_SQL.format(p="%s"), ("pkg3", "master"))
             (plan,) = cur.fetchall()
-        assert plan["key"] == "ota_name_branch_version", plan
+        assert plan["key"] == LATEST_INDEX, plan
         assert "filesort" not in (plan["Extra"] or ""), plan
         assert "temporary" not in (plan["Extra"] or ""), plan
-
-
-# --- MySQL URLs ---------------------------------------------------------------------------------
-
-
-def test_mysql_url_parsing() -> None:
-    assert mysql_params("mysql://us%40er:p%3Ass%2Fw@db.example:3307/ota%5Fprod") == {
-        "host": "db.example",
-        "port": 3307,
-        "user": "us@er",
-        "password": "p:ss/w",
-        "db": "ota_prod",
-        "charset": "utf8mb4",
-    }
-    defaults = mysql_params("mariadb://otakit@localhost/ota")
-    assert (defaults["port"], defaults["password"]) == (3306, "")
-    assert mysql_params("mysql+aiomysql://u:p@[::1]/ota")["host"] == "::1"
-    assert mysql_params("mysql://u@h/ota?unix_socket=/run/mysqld/mysqld.sock")["unix_socket"] == (
-        "/run/mysqld/mysqld.sock"
-    )
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        "mysql://u:s3cret@h/",
-        "mysql://u:s3cret@h",
-        "postgres://u:s3cret@h/ota",
-        "mysql://u:s3cret@h/ota?ssl=1",
-    ],
-)
-def test_bad_mysql_urls_are_refused_without_the_password(url: str) -> None:
-    with pytest.raises(ValueError, match=r"MySQL URL") as caught:
-        mysql_params(url)
-    assert "s3cret" not in str(caught.value)

@@ -60,3 +60,22 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
     config.write_text("unknown_key = 1\n")
     with pytest.raises(ValidationError, match="unknown_key"):
         load_settings(config)
+
+
+def test_unparsable_files_are_refused_with_where(tmp_path: Path) -> None:
+    config = tmp_path / "server.toml"
+    config.write_text('port = 9000\nhost = "0.0.0.0\n')
+    with pytest.raises(ValidationError) as refused:
+        load_settings(config)
+    assert str(refused.value).startswith(f"config file {config} is not valid TOML: ")
+    assert "line 2" in str(refused.value)
+    config = tmp_path / "server.json"
+    config.write_text('{"port": 9000 "host": "0.0.0.0"}')
+    with pytest.raises(ValidationError) as refused:
+        load_settings(config)
+    assert str(refused.value) == (
+        f"config file {config} is not valid JSON: Expecting ',' delimiter: line 1 column 15 (char 14)"
+    )
+    config.write_text("[1, 2]")
+    with pytest.raises(ValidationError, match="must hold a JSON object"):
+        load_settings(config)

@@ -10,6 +10,7 @@ import typer
 from otakit.cli.errors import reporting_errors
 
 if TYPE_CHECKING:  # the server's modules load only for the server's commands
+    from otakit.server.repository import Repository
     from otakit.server.settings import ServerSettings
 
 server_app = typer.Typer(help="Run or check the otakit server.", no_args_is_help=False)
@@ -26,6 +27,22 @@ def _settings(config: Path | None, **overrides: Any) -> ServerSettings:
     return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def _repository(settings: ServerSettings) -> Repository:
+    from otakit.server.repository import open_repository
+
+    return open_repository(settings.database_url)  # ValidationError for an unsupported URL
+
+
+async def _reach_database(settings: ServerSettings) -> None:
+    """Connect once and let go: an unreachable database fails here, as one line, rather than in
+    uvicorn's lifespan, which prints a traceback."""
+    repo = _repository(settings)
+    try:
+        await repo.connect()
+    finally:
+        await repo.close()
+
+
 @server_app.callback(invoke_without_command=True)
 def server(
     ctx: typer.Context,
@@ -36,12 +53,15 @@ def server(
     """Run the server (uvicorn) until interrupted."""
     if ctx.invoked_subcommand is not None:
         return
+    import asyncio
+
     import uvicorn
 
     from otakit.server.app import create_app
 
     with reporting_errors():
         settings = _settings(config, host=host, port=port)
+        asyncio.run(_reach_database(settings))
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -55,9 +75,8 @@ def server(
 async def _fsck(settings: ServerSettings) -> str:
     from otakit.server.filestore import LocalFileStore
     from otakit.server.publish import recover
-    from otakit.server.repository import open_repository
 
-    async with open_repository(settings.database_url) as repo:
+    async with _repository(settings) as repo:
         await repo.upgrade()
         store = LocalFileStore(settings.files_dir)
         store.prepare()
@@ -74,9 +93,7 @@ def fsck(config: ConfigOption = None) -> None:
 
 
 async def _upgrade(settings: ServerSettings) -> list[str]:
-    from otakit.server.repository import open_repository
-
-    async with open_repository(settings.database_url) as repo:
+    async with _repository(settings) as repo:
         return await repo.upgrade()
 
 

@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from starlette.routing import Route
 
 import otakit
 from otakit.server.deps import State
@@ -17,7 +16,7 @@ from otakit.server.filestore import LocalFileStore
 from otakit.server.latest_cache import LatestCache
 from otakit.server.publish import recover
 from otakit.server.repository import open_repository
-from otakit.server.routes import files, meta, upload, versions
+from otakit.server.routes import files, meta, releases, upload, versions
 from otakit.server.settings import ServerSettings, load_settings
 from otakit.web import answer, install_error_handlers
 
@@ -65,8 +64,13 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         return answer(503, error=f"the file store is unavailable: {getattr(exc, 'strerror', None) or exc}")
 
     app.add_exception_handler(OSError, storage_error)
-    # The hot path first, as a plain route; the documented FastAPI route behind it answers the same.
-    app.router.routes.append(Route("/latestVersion", versions.latest_answer, methods=["GET"]))
-    for router in (meta.router, versions.router, files.router, upload.router):
+    versions.add_latest_version(app)
+    for router in (
+        meta.router,
+        versions.router,
+        files.router,
+        upload.router,
+        releases.router,
+    ):
         app.include_router(router)
     return app

@@ -14,7 +14,20 @@ from otakit.server.latest_cache import LatestCache
 from otakit.server.repository import Repository
 from otakit.server.settings import ServerSettings
 
-__all__ = ["Publisher", "PublisherDep", "RepoDep", "SettingsDep", "State", "StoreDep", "require_publisher"]
+__all__ = [
+    "Admin",
+    "AdminDep",
+    "Publisher",
+    "PublisherDep",
+    "RepoDep",
+    "SettingsDep",
+    "State",
+    "StoreDep",
+    "bearer_token",
+    "require_admin",
+    "require_publisher",
+    "token_valid",
+]
 
 
 @dataclass
@@ -49,18 +62,28 @@ class Publisher:
     anonymous: bool
 
 
+def bearer_token(request: Request) -> str:
+    """The request's bearer token, or "" without one."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" else ""
+
+
+def token_valid(token: str, candidates: list[str]) -> bool:
+    """Whether ``token`` is one of ``candidates``, comparing each in constant time."""
+    supplied = token.encode()
+    valid = False
+    for candidate in candidates:
+        valid |= hmac.compare_digest(candidate.encode(), supplied)
+    return valid
+
+
 async def require_publisher(request: Request) -> Publisher:
     """The caller's publisher token, checked in constant time; 401 without a valid one."""
     settings = _state(request).settings
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() == "bearer" and token:
-        supplied = token.encode()
-        valid = False
-        for candidate in settings.upload_tokens:
-            valid |= hmac.compare_digest(candidate.encode(), supplied)
-        if valid:
+    token = bearer_token(request)
+    if token:
+        if token_valid(token, settings.upload_tokens):
             return Publisher(anonymous=False)
         if not settings.allow_anonymous_upload:
             raise AuthError("the publisher token is not valid")
@@ -74,7 +97,26 @@ async def require_publisher(request: Request) -> Publisher:
     raise AuthError("a publisher token is required: send 'Authorization: Bearer <token>'")
 
 
+@dataclass(frozen=True)
+class Admin:
+    """An operator, by admin token (``OTAKIT_ADMIN_TOKENS``). A publisher token is not one."""
+
+
+async def require_admin(request: Request) -> Admin:
+    """The caller's admin token, checked in constant time; 401 without a valid one."""
+    settings = _state(request).settings
+    token = bearer_token(request)
+    if not settings.admin_tokens:
+        raise AuthError("the admin API is disabled: set OTAKIT_ADMIN_TOKENS on the server")
+    if not token:
+        raise AuthError("an admin token is required: send 'Authorization: Bearer <token>'")
+    if not token_valid(token, settings.admin_tokens):
+        raise AuthError("the admin token is not valid")
+    return Admin()
+
+
 RepoDep = Annotated[Repository, Depends(_repo)]
 StoreDep = Annotated[FileStore, Depends(_store)]
 SettingsDep = Annotated[ServerSettings, Depends(_settings)]
 PublisherDep = Annotated[Publisher, Depends(require_publisher)]
+AdminDep = Annotated[Admin, Depends(require_admin)]

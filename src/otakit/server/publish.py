@@ -46,13 +46,26 @@ def version_exists(content: Content, existing: VersionRow | None) -> ConflictErr
 
 
 async def publish(
-    repo: Repository, store: FileStore, content: Content, incoming: IncomingFile, text: str, *, force: bool
+    repo: Repository,
+    store: FileStore,
+    content: Content,
+    incoming: IncomingFile,
+    text: str,
+    *,
+    force: bool,
+    released: bool = True,
 ) -> None:
-    """Store ``incoming`` (finished and verified) as ``content``'s version; ``text`` is its JSON text."""
+    """Store ``incoming`` (finished and verified) as ``content``'s version; ``text`` is its JSON text.
+
+    ``released=False`` stores it held: listed and downloadable, but not offered by ``/latestVersion``.
+    A forced replacement takes its own flag, not the replaced version's.
+    """
     upload_id = incoming.upload_id
     entry = JournalEntry(upload_id, content.package, content.branch, content.version)
     key = VersionKey(content.package, content.branch, content.version_key)
-    row = VersionRow(content.package, content.branch, content.version, key.version_key, text, upload_id)
+    row = VersionRow(
+        content.package, content.branch, content.version, key.version_key, text, upload_id, released
+    )
     run = anyio.to_thread.run_sync
     with anyio.CancelScope(shield=True):
         await run(store.begin_journal, entry)

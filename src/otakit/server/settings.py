@@ -6,11 +6,13 @@ defaults. ``OTAKIT_CONFIG`` names the file when the app is started by ``uvicorn 
 
 from __future__ import annotations
 
+import json
 import os
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import (
     BaseSettings,
@@ -37,30 +39,57 @@ class ServerSettings(BaseSettings):
     upload_tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="publisher tokens accepted by PUT /upload (comma-separated)"
     )
+    admin_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="operator tokens accepted by the admin API, e.g. release and hold (comma-separated)",
+    )
     allow_anonymous_upload: bool = Field(
         False, description="accept uploads without a token (not for production)"
     )
     max_upload_bytes: int = Field(10 * 1024**3, gt=0, description="largest package file accepted")
     max_content_bytes: int = Field(1024 * 1024, gt=0, description="largest content.json accepted")
     latest_cache_seconds: float = Field(
-        5.0, ge=0, description="how long a process may reuse a /latestVersion answer; any upload ends it"
+        5.0,
+        ge=0,
+        description="how long a process may reuse a /latestVersion answer; any change of versions ends it",
     )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     log_level: str = "info"
 
-    @field_validator("upload_tokens", mode="before")
+    @field_validator("upload_tokens", "admin_tokens", mode="before")
     @classmethod
     def _split_tokens(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [token.strip() for token in value.split(",") if token.strip()]
         return value
 
+    @model_validator(mode="after")
+    def _separate_tokens(self) -> ServerSettings:
+        # Publisher and admin tokens are separate (DESIGN.md): one token in both would open both.
+        if set(self.upload_tokens) & set(self.admin_tokens):
+            raise ValueError("a token cannot be both an upload token and an admin token")
+        return self
+
+
+def _file_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSettingsSource:
+    """The settings file's source; it parses the file as it is built."""
+    is_json = path.suffix.lower() == ".json"
+    kind = "JSON" if is_json else "TOML"
+    try:
+        if is_json:
+            return JsonConfigSettingsSource(settings_cls, json_file=path)
+        return TomlConfigSettingsSource(settings_cls, toml_file=path)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"config file {path} is not valid {kind}: {exc}") from None
+    except (TypeError, ValueError):  # valid JSON, but pydantic-settings merges its top level as a dict
+        raise ValidationError(f"config file {path} must hold a JSON object") from None
+
 
 def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> ServerSettings:
     """Settings from ``config_file`` (or ``$OTAKIT_CONFIG``), the environment and ``overrides``.
 
-    Raises ``ValidationError`` naming the first bad setting, or a missing file.
+    Raises ``ValidationError`` naming the first bad setting, or a missing or unparsable file.
     """
     path = config_file or os.environ.get("OTAKIT_CONFIG") or None
     file_path = Path(path) if path else None
@@ -79,10 +108,7 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
         ) -> tuple[PydanticBaseSettingsSource, ...]:
             sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
             if file_path is not None:
-                if file_path.suffix.lower() == ".json":
-                    sources.append(JsonConfigSettingsSource(settings_cls, json_file=file_path))
-                else:
-                    sources.append(TomlConfigSettingsSource(settings_cls, toml_file=file_path))
+                sources.append(_file_source(settings_cls, file_path))
             return tuple(sources)
 
     try:

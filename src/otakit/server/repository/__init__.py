@@ -1,21 +1,14 @@
-"""Package-version storage, chosen by URL scheme: ``sqlite:///…`` (default) or ``mysql://…``."""
+"""What the server stores in its database, chosen by URL scheme: ``sqlite:///…`` (default) or ``mysql://…``."""
 
 from __future__ import annotations
 
-from otakit.server.repository.base import Claim, Repository, VersionKey, VersionRow
+from otakit.server.db import open_driver
+from otakit.server.repository.database import Repository
+from otakit.server.repository.versions import Claim, VersionKey, VersionRow
 
 __all__ = ["Claim", "Repository", "VersionKey", "VersionRow", "open_repository"]
 
 
 def open_repository(url: str) -> Repository:
-    """A not-yet-connected repository for ``url``."""
-    scheme = url.split(":", 1)[0].lower()
-    if scheme == "sqlite":
-        from otakit.server.repository.sqlite import SQLiteRepository
-
-        return SQLiteRepository(url)
-    if scheme in ("mysql", "mariadb", "mysql+aiomysql"):
-        from otakit.server.repository.mysql import MySQLRepository
-
-        return MySQLRepository(url)
-    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///path.db or mysql://user:pass@host/db")
+    """A not-yet-connected repository for ``url``; ``ValidationError`` for a URL no database takes."""
+    return Repository(open_driver(url))

@@ -58,8 +58,13 @@ async def upload(
     publisher: PublisherDep,
     force: Annotated[str | None, Query(description="1 = replace an existing version", max_length=10)] = None,
     overwrite: Annotated[str | None, Query(description="the same as force", max_length=10)] = None,
+    hold: Annotated[
+        str | None,
+        Query(description="1 = store the version held: listed, not offered by /latestVersion", max_length=10),
+    ] = None,
 ) -> Response:
     forced = (force or "").lower() in _TRUE or (overwrite or "").lower() in _TRUE
+    held = (hold or "").lower() in _TRUE
     limit = settings.max_upload_bytes + settings.max_content_bytes + _OVERHEAD
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -103,7 +108,9 @@ async def upload(
             raise ValidationError(
                 f"sha256 mismatch: content.json says {checked.sha256.lower()}, the file is {received.digest}"
             )
-        await publish(repo, store, checked, incoming, _canonical_text(checked), force=forced)
+        await publish(
+            repo, store, checked, incoming, _canonical_text(checked), force=forced, released=not held
+        )
     finally:
         if incoming is not None:
             await anyio.to_thread.run_sync(incoming.discard)

@@ -1,4 +1,5 @@
-"""Plain numbered SQL migration files, one folder per dialect (``migrations/<dialect>/NNNN_name.sql``)."""
+"""Plain numbered SQL migration files, one folder per dialect (``migrations/<dialect>/NNNN_name.sql``),
+each applied once and recorded in ``otakit_migrations``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Migration", "load_migrations", "migrations_dir"]
+from otakit.server.db.base import Driver, Lock
+
+__all__ = ["Migration", "load_migrations", "migrations_dir", "upgrade"]
 
 _FILE_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -46,3 +49,28 @@ def load_migrations(dialect: str) -> list[Migration]:
     if len(set(numbers)) != len(numbers):
         raise RuntimeError(f"two {dialect} migrations share a number: {numbers}")
     return found
+
+
+async def upgrade(driver: Driver) -> list[str]:
+    """Apply the migrations that have not run yet, in order; return their names.
+
+    Under a named lock, so that processes starting together apply each one once. On SQLite they all
+    run in that one transaction; on MySQL every DDL statement commits by itself, so a migration is
+    recorded once all its statements have run.
+    """
+    lock = Lock(("migrations",), f"{driver.label}: another process is migrating it", wait_s=60)
+    applied: list[str] = []
+    async with driver.transaction(lock) as tx:
+        await driver.create_migrations_table(tx)
+        done = {number for (number,) in await tx.fetch("SELECT number FROM otakit_migrations")}
+        for migration in load_migrations(driver.dialect):
+            if migration.number in done:
+                continue
+            for statement in migration.statements:
+                await tx.execute(statement)
+            await tx.execute(
+                "INSERT INTO otakit_migrations (number, name) VALUES (?, ?)",
+                (migration.number, migration.name),
+            )
+            applied.append(migration.name)
+    return applied

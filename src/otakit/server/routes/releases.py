@@ -1,0 +1,67 @@
+"""Releasing and holding versions, by admin token (DESIGN.md, "Versions: released or held").
+
+``POST /api/v1/versions/{package}/{branch}/{version}/release`` offers a stored version to every device
+now; ``…/hold`` stops offering it (devices that have it keep it). Either ends every process's cached
+``/latestVersion`` answers exactly as an upload's commit does, by changing the file store's stamp.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from otakit.errors import NotFoundError
+from otakit.names import check_name
+from otakit.server.deps import AdminDep, RepoDep, StoreDep
+from otakit.server.filestore import FileStore
+from otakit.server.repository import Repository, VersionKey
+from otakit.versions import version_key
+from otakit.web import answer
+
+router = APIRouter(prefix="/api/v1/versions", tags=["admin"])
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": '`{"status": 200}`'},
+    400: {"description": "package or branch not a name, or version not a PEP 440 version"},
+    401: {"description": "no valid admin token (a publisher token is not one)"},
+    404: {"description": "no such version"},
+    503: {"description": "the database or file store is unavailable (retry later)"},
+}
+
+
+async def _set_released(
+    repo: Repository, store: FileStore, package: str, branch: str, version: str, released: bool
+) -> Response:
+    check_name(package, "package")
+    check_name(branch, "branch")
+    key = VersionKey(package, branch, version_key(version))
+    if not await repo.set_released(key, released):
+        raise NotFoundError(f"no version {version} of {package} on branch {branch}")
+    # As after an upload's commit, before the 200: no process answers from a cache made before it.
+    await anyio.to_thread.run_sync(store.bump_stamp)
+    return answer(200)
+
+
+@router.post(
+    "/{package}/{branch}/{version}/release",
+    summary="Offer a stored version to every device now",
+    responses=_RESPONSES,
+)
+async def release(
+    package: str, branch: str, version: str, repo: RepoDep, store: StoreDep, admin: AdminDep
+) -> Response:
+    return await _set_released(repo, store, package, branch, version, True)
+
+
+@router.post(
+    "/{package}/{branch}/{version}/hold",
+    summary="Stop offering a version (devices that have it keep it)",
+    responses=_RESPONSES,
+)
+async def hold(
+    package: str, branch: str, version: str, repo: RepoDep, store: StoreDep, admin: AdminDep
+) -> Response:
+    return await _set_released(repo, store, package, branch, version, False)
