@@ -4,6 +4,7 @@
     ├── ValidationError              bad input: a name, version, content.json, request part  (400)
     │   └── VerificationError        a download or package that is not what its content.json says
     ├── AuthError                    missing or wrong token                                  (401)
+    ├── ForbiddenError               a valid token used where it gives no right              (403)
     ├── NotFoundError                no such package, branch, version or file                (404)
     ├── ConflictError                the version exists already                              (409)
     ├── TooLargeError                over a configured size limit                            (413)
@@ -20,6 +21,7 @@ __all__ = [
     "AuthError",
     "ConflictError",
     "DownloadError",
+    "ForbiddenError",
     "NotFoundError",
     "OtakitError",
     "TooLargeError",
@@ -39,6 +41,10 @@ class ValidationError(OtakitError):
 
 class AuthError(OtakitError):
     status_code = 401
+
+
+class ForbiddenError(OtakitError):
+    status_code = 403
 
 
 class NotFoundError(OtakitError):

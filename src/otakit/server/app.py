@@ -16,7 +16,8 @@ from otakit.server.filestore import LocalFileStore
 from otakit.server.latest_cache import LatestCache
 from otakit.server.publish import recover
 from otakit.server.repository import open_repository
-from otakit.server.routes import files, meta, releases, upload, versions
+from otakit.server.routes import devices, files, meta, releases, upload, versions
+from otakit.server.seen import SeenBuffer
 from otakit.server.settings import ServerSettings, load_settings
 from otakit.web import answer, install_error_handlers
 
@@ -42,10 +43,15 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             report = await recover(repo, store)
             if report.journals or report.objects or report.incoming:
                 log.warning("%s", report)
+            seen = SeenBuffer(repo.devices.touch)
             app.state.otakit = State(
-                settings, repo, store, LatestCache(max_age=settings.latest_cache_seconds)
+                settings, repo, store, LatestCache(max_age=settings.latest_cache_seconds), seen
             )
-            yield
+            seen.start()
+            try:
+                yield
+            finally:
+                await seen.stop()  # the last heartbeats are written before the database closes
         finally:
             await repo.close()
 
@@ -71,6 +77,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         files.router,
         upload.router,
         releases.router,
+        devices.router,
     ):
         app.include_router(router)
     return app

@@ -12,6 +12,7 @@ from otakit.errors import AuthError
 from otakit.server.filestore import FileStore
 from otakit.server.latest_cache import LatestCache
 from otakit.server.repository import Repository
+from otakit.server.seen import SeenBuffer
 from otakit.server.settings import ServerSettings
 
 __all__ = [
@@ -36,6 +37,7 @@ class State:
     repo: Repository
     store: FileStore
     latest: LatestCache
+    seen: SeenBuffer
 
 
 def _state(request: Request) -> State:

@@ -10,7 +10,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
@@ -43,6 +43,16 @@ class ServerSettings(BaseSettings):
         default_factory=list,
         description="operator tokens accepted by the admin API, e.g. release and hold (comma-separated)",
     )
+    enroll_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="enrollment tokens accepted by POST /api/v1/devices/register only (comma-separated)",
+    )
+    device_approval: Literal["auto", "manual"] = Field(
+        "auto", description="auto: a new device is accepted at once; manual: pending until accepted"
+    )
+    heartbeat_seconds: int = Field(
+        60, ge=1, le=86400, description="the interval told to devices; online while seen within 3x it"
+    )
     allow_anonymous_upload: bool = Field(
         False, description="accept uploads without a token (not for production)"
     )
@@ -57,7 +67,7 @@ class ServerSettings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     log_level: str = "info"
 
-    @field_validator("upload_tokens", "admin_tokens", mode="before")
+    @field_validator("upload_tokens", "admin_tokens", "enroll_tokens", mode="before")
     @classmethod
     def _split_tokens(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -66,9 +76,12 @@ class ServerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _separate_tokens(self) -> ServerSettings:
-        # Publisher and admin tokens are separate (DESIGN.md): one token in both would open both.
-        if set(self.upload_tokens) & set(self.admin_tokens):
-            raise ValueError("a token cannot be both an upload token and an admin token")
+        # Publisher, admin and enrollment tokens are separate (DESIGN.md): one token in two lists
+        # would open both.
+        kinds = {"upload": self.upload_tokens, "admin": self.admin_tokens, "enrollment": self.enroll_tokens}
+        for first, second in (("upload", "admin"), ("upload", "enrollment"), ("admin", "enrollment")):
+            if set(kinds[first]) & set(kinds[second]):
+                raise ValueError(f"a token cannot be both an {first} token and an {second} token")
         return self
 
 

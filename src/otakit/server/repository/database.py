@@ -7,6 +7,7 @@ from contextlib import AbstractAsyncContextManager
 
 from otakit.server.db import Driver
 from otakit.server.db.migrations import upgrade
+from otakit.server.repository.devices import Devices
 from otakit.server.repository.versions import Claim, VersionKey, VersionRow, Versions
 
 __all__ = ["Repository"]
@@ -22,6 +23,7 @@ class Repository:
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
         self.versions = Versions(driver)
+        self.devices = Devices(driver)
 
     def __repr__(self) -> str:
         return f"Repository({self.driver!r})"

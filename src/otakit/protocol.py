@@ -1,0 +1,110 @@
+"""The fleet's wire protocol: paths and bodies shared by the server, the daemon and the CLI.
+
+Bodies are pydantic models that refuse unknown keys and bound every size, so that a device (or anyone
+holding its token) can write nothing the server did not expect.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from otakit.errors import ValidationError
+from otakit.names import check_name
+from otakit.versions import MAX_VERSION_LENGTH, parse_version
+
+__all__ = [
+    "DEVICES",
+    "MAX_REPORT_BYTES",
+    "DeviceUpdate",
+    "Heartbeat",
+    "JobReport",
+    "Name",
+    "PackageRef",
+    "Register",
+    "device_path",
+]
+
+DEVICES = "/api/v1/devices"
+MAX_REPORT_BYTES = 1024 * 1024  # a report (a job with up to 2,000 log lines) or any other fleet body
+
+
+def device_path(device: str, action: str = "") -> str:
+    """``/api/v1/devices/{device}[/{action}]`` (``device`` must be a name, so it needs no quoting)."""
+    return f"{DEVICES}/{check_name(device, 'device')}" + (f"/{action}" if action else "")
+
+
+def _name(value: str) -> str:
+    try:
+        return check_name(value, "name")
+    except ValidationError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _version(value: str) -> str:
+    try:
+        parse_version(value)
+    except ValidationError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]
+Version = Annotated[str, Field(max_length=MAX_VERSION_LENGTH), AfterValidator(_version)]
+_Text = Annotated[str, Field(max_length=1000)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PackageRef(_Body):
+    """One installed package, as a device reports it."""
+
+    package: Name
+    branch: Name
+    version: Version
+
+
+class DeviceUpdate(_Body):
+    """What a device may say about itself; a field left out (None) stays as it was."""
+
+    description: _Text | None = None
+    tags: Annotated[list[Name], Field(max_length=100)] | None = None
+    attributes: Annotated[dict[Name, _Text], Field(max_length=100)] | None = None
+    packages: Annotated[list[PackageRef], Field(max_length=1000)] | None = None
+
+
+class Register(DeviceUpdate):
+    """``POST /api/v1/devices/register`` with an enrollment token."""
+
+    device: Name
+
+
+class Heartbeat(DeviceUpdate):
+    """``POST /api/v1/devices/{id}/heartbeat``: an empty body only marks the device seen."""
+
+
+JobState = Literal["queued", "running", "succeeded", "failed", "rolled_back"]
+JobAction = Literal["install", "update", "rollback", "remove", "check"]
+
+
+class JobReport(BaseModel):
+    """``POST /api/v1/devices/{id}/reports``: one job as the daemon's ``GET /jobs/{id}`` gives it.
+
+    Keys a later daemon may add are ignored rather than refused, so old servers take new reports.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+    package: Name | None = None
+    action: JobAction
+    state: JobState
+    step: Annotated[str, Field(max_length=32)] = ""
+    from_version: Version | None = None
+    to_version: Version | None = None
+    progress: Annotated[int, Field(ge=0, le=100)] = 0
+    error: Annotated[str, Field(max_length=4000)] | None = None
+    log: Annotated[list[Annotated[str, Field(max_length=4000)]], Field(max_length=2001)] = []

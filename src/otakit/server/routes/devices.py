@@ -1,0 +1,212 @@
+"""The fleet's devices: enrollment, heartbeats and reports (device tokens), and the operator's view
+of them (admin token). Every route checks its token before it reads a body."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+
+from otakit.errors import AuthError, ConflictError, ForbiddenError, NotFoundError
+from otakit.names import check_name
+from otakit.protocol import DEVICES, MAX_REPORT_BYTES, Heartbeat, JobReport, Register
+from otakit.server.bodies import read_model
+from otakit.server.deps import AdminDep, State, bearer_token, token_valid
+from otakit.server.repository.devices import DeviceFilter, DeviceRow
+from otakit.versions import parse_version
+from otakit.web import answer
+
+router = APIRouter(prefix=DEVICES, tags=["devices"])
+
+_MAX_BODY = 64 * 1024  # registration and heartbeat bodies
+
+
+def _state(request: Request) -> State:
+    state: State = request.app.state.otakit
+    return state
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def _enrollment(request: Request) -> None:
+    settings = _state(request).settings
+    token = bearer_token(request)
+    if not settings.enroll_tokens:
+        raise AuthError("enrollment is disabled: set OTAKIT_ENROLL_TOKENS on the server")
+    if not token or not token_valid(token, settings.enroll_tokens):
+        raise AuthError("a valid enrollment token is required: send 'Authorization: Bearer <token>'")
+
+
+async def _device(request: Request, device_id: str) -> str:
+    """The device whose token the request carries: 401 for no or an unknown token, 403 for another's."""
+    check_name(device_id, "device")
+    token = bearer_token(request)
+    if not token:
+        raise AuthError("a device token is required: send 'Authorization: Bearer <token>'")
+    owner = await _state(request).repo.devices.by_token(token_hash(token))
+    if owner is None:
+        raise AuthError("the device token is not valid (enroll again)")
+    if owner != device_id:
+        raise ForbiddenError("this device token belongs to another device")
+    return owner
+
+
+DeviceDep = Annotated[str, Depends(_device)]
+
+
+def _iso(at: float | None) -> str | None:
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def device_json(state: State, device: DeviceRow, now: float) -> dict[str, Any]:
+    last_seen = max(device.last_seen, state.seen.get(device.id) or 0.0)
+    return {
+        "id": device.id,
+        "description": device.description,
+        "tags": device.tags,
+        "attributes": device.attributes,
+        "packages": device.packages,
+        "state": device.state,
+        "pinned": device.pinned,
+        "online": now - last_seen < 3 * state.settings.heartbeat_seconds,
+        "last_seen": _iso(last_seen),
+        "registered": _iso(device.registered),
+        "jobs": device.jobs,
+    }
+
+
+# -- a device's own calls ----------------------------------------------------------------------------
+
+
+@router.post("/register", dependencies=[Depends(_enrollment)], summary="Enroll a device")
+async def register(request: Request) -> Response:
+    state = _state(request)
+    body = await read_model(request, Register, _MAX_BODY)
+    token = secrets.token_urlsafe(32)
+    now = time.time()
+    approval = "pending" if state.settings.device_approval == "manual" else "accepted"
+    try:
+        device = await state.repo.devices.register(
+            body.device, body, token_hash=token_hash(token), state=approval, now=now
+        )
+    except ConflictError:
+        raise ConflictError(
+            f"device {body.device} is enrolled already; an operator deletes its record first"
+        ) from None
+    return answer(
+        200,
+        device=device_json(state, device, now),
+        token=token,
+        heartbeat_seconds=state.settings.heartbeat_seconds,
+    )
+
+
+@router.post("/{device_id}/heartbeat", summary="A device is alive (and what it runs, when it changed)")
+async def heartbeat(request: Request, device_id: DeviceDep) -> Response:
+    state = _state(request)
+    body = await read_model(request, Heartbeat, _MAX_BODY, empty_ok=True)
+    if body.model_fields_set and not await state.repo.devices.update(device_id, body):
+        raise AuthError("the device token is not valid (enroll again)")
+    state.seen.mark(device_id, time.time())
+    return answer(200, heartbeat_seconds=state.settings.heartbeat_seconds)
+
+
+@router.post("/{device_id}/reports", summary="A job's state, as the device's daemon reports it")
+async def report(request: Request, device_id: DeviceDep) -> Response:
+    state = _state(request)
+    job = await read_model(request, JobReport, MAX_REPORT_BYTES)
+    await state.repo.devices.add_report(device_id, job, now=time.time())
+    return answer(200)
+
+
+# -- the operator's ----------------------------------------------------------------------------------
+
+_Name = Annotated[str | None, Query(max_length=100)]
+
+
+@router.get("", summary="Devices, sorted by id, a page at a time")
+async def list_devices(
+    request: Request,
+    _: AdminDep,
+    package: _Name = None,
+    branch: _Name = None,
+    version: Annotated[str | None, Query(max_length=64)] = None,
+    tag: _Name = None,
+    online: bool | None = None,
+    state: Annotated[str | None, Query(pattern="^(pending|accepted)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: _Name = None,
+) -> Response:
+    app_state = _state(request)
+    for value, what in ((package, "package"), (branch, "branch"), (tag, "tag"), (after, "after")):
+        if value is not None:
+            check_name(value, what)
+    if version is not None:
+        parse_version(version)
+    now = time.time()
+    where = DeviceFilter(
+        package, branch, version, tag, state, online, now - 3 * app_state.settings.heartbeat_seconds
+    )
+    devices, following, total = await app_state.repo.devices.page(where, after=after, limit=limit)
+    listed = [device_json(app_state, device, now) for device in devices]
+    return answer(200, list=listed, next=following, total=total)
+
+
+async def _known(request: Request, device_id: str) -> DeviceRow:
+    check_name(device_id, "device")
+    device = await _state(request).repo.devices.get(device_id)
+    if device is None:
+        raise NotFoundError(f"no device {device_id}")
+    return device
+
+
+@router.get("/{device_id}", summary="One device, with its last 50 reports")
+async def get_device(request: Request, device_id: str, _: AdminDep) -> Response:
+    state = _state(request)
+    device = await _known(request, device_id)
+    reports = await state.repo.devices.reports(device.id)
+    return answer(200, device={**device_json(state, device, time.time()), "reports": reports})
+
+
+@router.post("/{device_id}/accept", summary="Accept a pending device (manual approval)")
+async def accept(request: Request, device_id: str, _: AdminDep) -> Response:
+    check_name(device_id, "device")
+    if not await _state(request).repo.devices.accept(device_id):
+        raise NotFoundError(f"no device {device_id}")
+    return answer(200)
+
+
+async def _pin(request: Request, device_id: str, pinned: bool) -> Response:
+    check_name(device_id, "device")
+    if not await _state(request).repo.devices.set_pinned(device_id, pinned):
+        raise NotFoundError(f"no device {device_id}")
+    return answer(200)
+
+
+@router.post("/{device_id}/pin", summary="Offer the device nothing above what it runs")
+async def pin(request: Request, device_id: str, _: AdminDep) -> Response:
+    return await _pin(request, device_id, True)
+
+
+@router.post("/{device_id}/unpin", summary="Offer the device updates again")
+async def unpin(request: Request, device_id: str, _: AdminDep) -> Response:
+    return await _pin(request, device_id, False)
+
+
+@router.delete("/{device_id}", summary="Forget a device: record, reports and token")
+async def delete(request: Request, device_id: str, _: AdminDep) -> Response:
+    check_name(device_id, "device")
+    state = _state(request)
+    if not await state.repo.devices.delete(device_id):
+        raise NotFoundError(f"no device {device_id}")
+    state.seen.forget(device_id)
+    return answer(200)

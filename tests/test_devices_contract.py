@@ -1,0 +1,190 @@
+"""The devices aggregate's contract, run against SQLite and MySQL/MariaDB alike."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from otakit.errors import ConflictError
+from otakit.protocol import DeviceUpdate, JobReport, PackageRef
+from otakit.server.repository import open_repository
+from otakit.server.repository.devices import DeviceFilter, Devices
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def devices(repo_url: str) -> AsyncIterator[Devices]:
+    async with open_repository(repo_url) as repository:
+        await repository.upgrade()
+        yield Devices(repository.driver)
+
+
+def about(*packages: tuple[str, str, str], tags: list[str] | None = None, **extra: object) -> DeviceUpdate:
+    refs = [PackageRef(package=p, branch=b, version=v) for p, b, v in packages]
+    return DeviceUpdate.model_validate({"packages": refs, "tags": tags, **extra})
+
+
+def report(
+    job: str, state: str, *, package: str = "app", to: str = "2.0", step: str = "", progress: int = 0
+) -> JobReport:
+    return JobReport.model_validate(
+        {"id": job, "package": package, "action": "update", "state": state, "step": step,
+         "progress": progress, "from_version": "1.0", "to_version": to, "log": [f"{state} {step}"]}
+    )  # fmt: skip
+
+
+async def test_register_get_and_a_taken_id(devices: Devices) -> None:
+    row = await devices.register(
+        "dev-1",
+        about(
+            ("app", "major", "1.0"),
+            tags=["eu", "eu", "line3"],
+            description="<b>x</b>",
+            attributes={"hw": "r2"},
+        ),
+        token_hash="a" * 64,
+        state="accepted",
+        now=1000.5,
+    )
+    assert (row.id, row.description, row.tags, row.attributes) == (
+        "dev-1",
+        "<b>x</b>",
+        ["eu", "eu", "line3"],
+        {"hw": "r2"},
+    )
+    assert (row.state, row.pinned, row.registered, row.last_seen) == ("accepted", False, 1000.5, 1000.5)
+    assert row.packages == [{"package": "app", "branch": "major", "version": "1.0"}]
+    assert await devices.by_token("a" * 64) == "dev-1"
+    assert await devices.by_token("b" * 64) is None
+    with pytest.raises(ConflictError):
+        await devices.register("dev-1", about(), token_hash="c" * 64, state="accepted", now=1)
+    with pytest.raises(ConflictError):  # ids are case-sensitive, tokens unique
+        await devices.register("DEV-1", about(), token_hash="a" * 64, state="accepted", now=1)
+    assert await devices.get("DEV-1") is None
+
+
+async def test_update_changes_only_what_is_given(devices: Devices) -> None:
+    await devices.register(
+        "d", about(("app", "major", "1.0"), tags=["a"]), token_hash="1" * 64, state="pending", now=1
+    )
+    assert await devices.update("d", DeviceUpdate(description="new"))
+    row = await devices.get("d")
+    assert row is not None
+    assert (row.description, row.tags, row.packages[0]["version"]) == ("new", ["a"], "1.0")
+    assert await devices.update("d", about(("app", "major", "2.0"), ("base", "b", "0.1"), tags=[]))
+    row = await devices.get("d")
+    assert row is not None
+    assert row.tags == []
+    assert row.packages == [
+        {"package": "app", "branch": "major", "version": "2.0"},
+        {"package": "base", "branch": "b", "version": "0.1"},
+    ]
+    assert not await devices.update("gone", DeviceUpdate(description="x"))
+
+
+async def test_touch_never_goes_backwards(devices: Devices) -> None:
+    await devices.register("d", about(), token_hash="1" * 64, state="accepted", now=100)
+    await devices.touch({"d": 200.0, "unknown": 300.0})
+    await devices.touch({"d": 150.0})
+    row = await devices.get("d")
+    assert row is not None
+    assert row.last_seen == 200.0
+
+
+async def test_reports_are_idempotent_and_the_latest_per_package_is_kept(devices: Devices) -> None:
+    await devices.register("d", about(), token_hash="1" * 64, state="accepted", now=1)
+    first = await devices.add_report("d", report("j1", "running", step="download", progress=10), now=2)
+    assert first is not None
+    assert await devices.add_report("d", report("j1", "running", step="download", progress=10), now=3) is None
+    assert await devices.add_report("d", report("j1", "running", step="download", progress=20), now=4)
+    assert await devices.add_report("d", report("j1", "succeeded", step="record", progress=100), now=5)
+    assert await devices.add_report("d", report("j2", "failed", package="base", to="0.2"), now=6)
+    assert await devices.add_report("gone", report("j1", "running"), now=7) is None
+    row = await devices.get("d")
+    assert row is not None
+    assert {package: job["state"] for package, job in row.jobs.items()} == {
+        "app": "succeeded",
+        "base": "failed",
+    }
+    listed = await devices.reports("d")
+    assert [(r["id"], r["state"], r["progress"]) for r in listed] == [
+        ("j2", "failed", 0),
+        ("j1", "succeeded", 100),
+        ("j1", "running", 20),
+        ("j1", "running", 10),
+    ]
+    assert listed[0]["received"] == 6
+    assert len(await devices.reports("d", limit=2)) == 2
+
+
+async def test_filters_keyset_pages_and_totals(devices: Devices) -> None:
+    for n in range(25):
+        version = "1.0" if n % 2 else "2.0.0"
+        tags = ["odd"] if n % 2 else ["even"]
+        await devices.register(
+            f"dev-{n:02d}", about(("app", "major" if n < 20 else "beta", version), tags=tags),
+            token_hash=f"{n:064d}", state="pending" if n % 5 == 0 else "accepted", now=100 + n,
+        )  # fmt: skip
+
+    async def ids(where: DeviceFilter, limit: int = 1000) -> tuple[list[str], int]:
+        seen, after, total = [], None, -1
+        while True:
+            page, after, total = await devices.page(where, after=after, limit=limit)
+            assert len(page) <= limit
+            seen += [device.id for device in page]
+            if after is None:
+                return seen, total
+
+    everyone, total = await ids(DeviceFilter(), limit=7)
+    assert everyone == [f"dev-{n:02d}" for n in range(25)]
+    assert total == 25
+    assert await ids(DeviceFilter(package="app", version="2.0")) == (
+        [f"dev-{n:02d}" for n in range(0, 25, 2)], 13  # 2.0 finds 2.0.0
+    )  # fmt: skip
+    assert (await ids(DeviceFilter(package="app", branch="beta", version="1.0")))[0] == ["dev-21", "dev-23"]
+    assert (await ids(DeviceFilter(tag="odd"), limit=3))[1] == 12
+    assert (await ids(DeviceFilter(state="pending")))[0] == ["dev-00", "dev-05", "dev-10", "dev-15", "dev-20"]
+    assert (await ids(DeviceFilter(online=True, seen_after=120)))[0] == [f"dev-{n}" for n in range(20, 25)]
+    assert (await ids(DeviceFilter(online=False, seen_after=101)))[0] == ["dev-00"]
+    assert await ids(DeviceFilter(package="nothing")) == ([], 0)
+    page, following, _ = await devices.page(DeviceFilter(), after="dev-23", limit=5)
+    assert ([d.id for d in page], following) == (["dev-24"], None)
+
+
+async def test_accept_pin_and_delete(devices: Devices) -> None:
+    await devices.register(
+        "d", about(("app", "major", "1.0"), tags=["t"]), token_hash="1" * 64, state="pending", now=1
+    )
+    await devices.add_report("d", report("j1", "running"), now=2)
+    assert await devices.accept("d")
+    assert await devices.set_pinned("d", True)
+    row = await devices.get("d")
+    assert row is not None
+    assert (row.state, row.pinned) == ("accepted", True)
+    assert await devices.set_pinned("d", False)
+    assert await devices.delete("d")
+    assert await devices.get("d") is None
+    assert await devices.by_token("1" * 64) is None
+    assert await devices.reports("d") == []
+    assert (await devices.page(DeviceFilter(tag="t"), after=None, limit=10))[2] == 0
+    assert not await devices.delete("d")
+    assert not await devices.accept("d")
+    assert not await devices.set_pinned("d", True)
+    # the id enrolls again, with nothing of the old record
+    again = await devices.register("d", about(), token_hash="2" * 64, state="accepted", now=3)
+    assert (again.packages, again.jobs, again.tags) == ([], {}, [])
+
+
+async def test_concurrent_reports_of_one_device_are_all_kept(devices: Devices) -> None:
+    await devices.register("d", about(), token_hash="1" * 64, state="accepted", now=1)
+    seqs = await asyncio.gather(
+        *(devices.add_report("d", report(f"j{n}", "running", progress=n), now=2) for n in range(20))
+    )
+    assert None not in seqs
+    assert len(set(seqs)) == 20
+    row = await devices.get("d")
+    assert row is not None
+    assert row.jobs["app"]["id"] == "j" + str(max(range(20), key=lambda n: seqs[n] or 0))
