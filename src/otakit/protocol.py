@@ -23,6 +23,7 @@ __all__ = [
     "Name",
     "PackageRef",
     "Register",
+    "RolloutCreate",
     "device_path",
 ]
 
@@ -108,3 +109,16 @@ class JobReport(BaseModel):
     progress: Annotated[int, Field(ge=0, le=100)] = 0
     error: Annotated[str, Field(max_length=4000)] | None = None
     log: Annotated[list[Annotated[str, Field(max_length=4000)]], Field(max_length=2001)] = []
+
+
+class RolloutCreate(_Body):
+    """``POST /api/v1/rollouts`` (the numbers are checked by ``otakit.rollout.Policy``)."""
+
+    package: Name
+    branch: Name
+    version: Version
+    phases: Annotated[list[float], Field(min_length=1, max_length=100)] = [1, 10, 50, 100]
+    max_failure_rate: float = 0.05
+    min_reports: int = 20
+    phase_seconds: float | None = None
+    tags: Annotated[list[Name], Field(max_length=100)] = []

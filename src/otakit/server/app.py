@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,9 +15,10 @@ import otakit
 from otakit.server.deps import State
 from otakit.server.filestore import LocalFileStore
 from otakit.server.latest_cache import LatestCache
+from otakit.server.periodic import Periodic
 from otakit.server.publish import recover
 from otakit.server.repository import open_repository
-from otakit.server.routes import devices, files, meta, releases, upload, versions
+from otakit.server.routes import devices, files, meta, releases, rollouts, upload, versions
 from otakit.server.seen import SeenBuffer
 from otakit.server.settings import ServerSettings, load_settings
 from otakit.web import answer, install_error_handlers
@@ -47,11 +49,20 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             app.state.otakit = State(
                 settings, repo, store, LatestCache(max_age=settings.latest_cache_seconds), seen
             )
-            seen.start()
+
+            async def advance_due() -> None:
+                if await repo.rollouts.advance_due(time.time()):
+                    await anyio.to_thread.run_sync(store.bump_stamp)
+
+            background = [Periodic("heartbeats", 2.0, seen.flush), Periodic("rollouts", 2.0, advance_due)]
+            for task in background:
+                task.start()
             try:
                 yield
             finally:
-                await seen.stop()  # the last heartbeats are written before the database closes
+                for task in background:
+                    await task.stop()
+                await seen.flush()  # the last heartbeats are written before the database closes
         finally:
             await repo.close()
 
@@ -78,6 +89,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         upload.router,
         releases.router,
         devices.router,
+        rollouts.router,
     ):
         app.include_router(router)
     return app

@@ -1,14 +1,12 @@
 """Heartbeats' ``last_seen``, kept in memory and written in batches: the fleet's hot path.
 
 A heartbeat only marks its device seen; thousands a second would be thousands of writes. Each process
-keeps the newest time per device and writes them all every ``interval`` seconds in one transaction (and
-once more at shutdown). What a crash loses is a few seconds of ``last_seen``, nothing else.
+keeps the newest time per device and ``flush`` writes them all in one transaction (the app does every
+2 s, and once more at shutdown). What a crash loses is a few seconds of ``last_seen``, nothing else.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -20,13 +18,9 @@ log = logging.getLogger("otakit.server")
 
 
 class SeenBuffer:
-    def __init__(
-        self, write: Callable[[Mapping[str, float]], Awaitable[None]], interval: float = 2.0
-    ) -> None:
+    def __init__(self, write: Callable[[Mapping[str, float]], Awaitable[None]]) -> None:
         self._write = write
-        self._interval = interval
         self._pending: dict[str, float] = {}
-        self._task: asyncio.Task[None] | None = None
 
     def mark(self, device_id: str, at: float) -> None:
         if self._pending.get(device_id, 0.0) < at:
@@ -49,18 +43,3 @@ class SeenBuffer:
             log.warning("could not write %d heartbeat(s): %s", len(batch), exc)
             for device_id, at in batch.items():
                 self.mark(device_id, at)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="otakit-seen-flush")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.flush()
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self.flush()

@@ -8,6 +8,7 @@ from contextlib import AbstractAsyncContextManager
 from otakit.server.db import Driver
 from otakit.server.db.migrations import upgrade
 from otakit.server.repository.devices import Devices
+from otakit.server.repository.rollouts import Rollouts
 from otakit.server.repository.versions import Claim, VersionKey, VersionRow, Versions
 
 __all__ = ["Repository"]
@@ -24,6 +25,7 @@ class Repository:
         self.driver = driver
         self.versions = Versions(driver)
         self.devices = Devices(driver)
+        self.rollouts = Rollouts(driver)
 
     def __repr__(self) -> str:
         return f"Repository({self.driver!r})"

@@ -7,11 +7,12 @@ token is never stored: only its sha256, looked up by a unique index.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from otakit.protocol import DeviceUpdate, JobReport, PackageRef
+from otakit.rollout import Device
 from otakit.server.db import Driver, Lock, Params, Transaction
 from otakit.versions import version_key
 
@@ -181,9 +182,17 @@ class Devices:
                     "UPDATE devices SET last_seen = ? WHERE id = ? AND last_seen < ?", (at, device_id, at)
                 )
 
-    async def add_report(self, device_id: str, report: JobReport, *, now: float) -> int | None:
+    async def add_report(
+        self,
+        device_id: str,
+        report: JobReport,
+        *,
+        now: float,
+        then: Callable[[Transaction], Awaitable[object]] | None = None,
+    ) -> int | None:
         """Store a job report; its ``seq``, or None when the same report (job, state, step and progress)
-        is stored already, or the device is gone."""
+        is stored already, or the device is gone. ``then`` runs inside the same transaction after a new
+        report is stored (the rollouts' counts move with it, or not at all)."""
         body = report.model_dump_json()
         to_key = version_key(report.to_version) if report.to_version is not None else None
         async with self.driver.transaction(_lock(device_id)) as tx:
@@ -223,7 +232,27 @@ class Devices:
                         "INSERT INTO device_jobs (device_id, package, report_seq) VALUES (?, ?, ?)",
                         (device_id, report.package, seq),
                     )
+            if then is not None:
+                await then(tx)
         return seq
+
+    async def offer_view(self, device_id: str, package: str) -> Device | None:
+        """What ``otakit.rollout.offer`` needs of a device for one package (one query), or None."""
+        row = await self.driver.fetch_one(
+            "SELECT d.state, d.pinned, d.tags, p.version FROM devices d"
+            " LEFT JOIN device_packages p ON p.device_id = d.id AND p.package = ? WHERE d.id = ?",
+            (package, device_id),
+        )
+        if row is None:
+            return None
+        state, pinned, tags, runs = row
+        return Device(
+            device_id,
+            "pending" if _text(state) == "pending" else "accepted",
+            bool(pinned),
+            frozenset(json.loads(_text(tags))),
+            None if runs is None else _text(runs),
+        )
 
     # -- the operator's ------------------------------------------------------------------------------
     async def get(self, device_id: str) -> DeviceRow | None:

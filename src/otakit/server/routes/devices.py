@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
@@ -16,6 +17,7 @@ from otakit.errors import AuthError, ConflictError, ForbiddenError, NotFoundErro
 from otakit.names import check_name
 from otakit.protocol import DEVICES, MAX_REPORT_BYTES, Heartbeat, JobReport, Register
 from otakit.server.bodies import read_model
+from otakit.server.db import Transaction
 from otakit.server.deps import AdminDep, State, bearer_token, token_valid
 from otakit.server.repository.devices import DeviceFilter, DeviceRow
 from otakit.versions import parse_version
@@ -124,7 +126,17 @@ async def heartbeat(request: Request, device_id: DeviceDep) -> Response:
 async def report(request: Request, device_id: DeviceDep) -> Response:
     state = _state(request)
     job = await read_model(request, JobReport, MAX_REPORT_BYTES)
-    await state.repo.devices.add_report(device_id, job, now=time.time())
+    now = time.time()
+    paused: list[int] = []
+
+    async def count(tx: Transaction) -> None:
+        paused.extend(
+            await state.repo.rollouts.count_report(tx, device_id, job.package, job.to_version, job.state, now)
+        )
+
+    await state.repo.devices.add_report(device_id, job, now=now, then=count)
+    if paused:  # an automatic pause: nobody new is offered the version, in any process
+        await anyio.to_thread.run_sync(state.store.bump_stamp)
     return answer(200)
 
 

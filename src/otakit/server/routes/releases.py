@@ -7,13 +7,15 @@ now; ``…/hold`` stops offering it (devices that have it keep it). Either ends 
 
 from __future__ import annotations
 
+import contextlib
+import time
 from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from otakit.errors import NotFoundError
+from otakit.errors import ConflictError, NotFoundError
 from otakit.names import check_name
 from otakit.server.deps import AdminDep, RepoDep, StoreDep
 from otakit.server.filestore import FileStore
@@ -28,6 +30,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "package or branch not a name, or version not a PEP 440 version"},
     401: {"description": "no valid admin token (a publisher token is not one)"},
     404: {"description": "no such version"},
+    409: {"description": "hold: the version has a running or paused rollout"},
     503: {"description": "the database or file store is unavailable (retry later)"},
 }
 
@@ -38,8 +41,16 @@ async def _set_released(
     check_name(package, "package")
     check_name(branch, "branch")
     key = VersionKey(package, branch, version_key(version))
+    rollout = await repo.rollouts.of_version(package, branch, key.version_key)
+    if rollout is not None and not released:
+        raise ConflictError(
+            f"{package} {version} has a {rollout.state} rollout ({rollout.id}): abort it to hold the version"
+        )
     if not await repo.set_released(key, released):
         raise NotFoundError(f"no version {version} of {package} on branch {branch}")
+    if rollout is not None:  # released by hand: its rollout is over
+        with contextlib.suppress(ConflictError):  # ended by another writer meanwhile
+            await repo.rollouts.apply(rollout, "release", now=time.time())
     # As after an upload's commit, before the 200: no process answers from a cache made before it.
     await anyio.to_thread.run_sync(store.bump_stamp)
     return answer(200)

@@ -11,8 +11,9 @@ from fastapi.routing import APIRoute
 
 from otakit.errors import NotFoundError
 from otakit.names import MAX_NAME_LENGTH, NAME_PATTERN, check_name
+from otakit.rollout import StoredVersion, offer
 from otakit.server.deps import RepoDep, State
-from otakit.server.repository import VersionRow
+from otakit.server.repository import VersionKey, VersionRow
 from otakit.versions import MAX_VERSION_LENGTH, version_key
 from otakit.web import answer, body_etag, etag_matches, json_answer
 
@@ -44,6 +45,16 @@ _ETAG_HEADER = {"description": "the answer's tag, for If-None-Match", "schema": 
 _LATEST_PARAMETERS = [
     _name_parameter("package", "package name"),
     _name_parameter("branch", "branch (channel)"),
+    {
+        "name": "device",
+        "in": "query",
+        "required": False,
+        "description": (
+            "an enrolled device's id: answered a running rollout's version when the device is in its"
+            " cohort, what it runs when pinned, else the highest released version"
+        ),
+        "schema": _NAME_SCHEMA,
+    },
     {
         "name": "If-None-Match",
         "in": "header",
@@ -82,22 +93,51 @@ async def latest_version(request: Request) -> Response:
     package = check_name(request.query_params.get("package"), "package")
     branch = check_name(request.query_params.get("branch"), "branch")
     state: State = request.app.state.otakit
-    key = (package, branch)
-    stamp = state.store.stamp()
-    cached = state.latest.get(key, stamp)
-    if cached is None:
-        row = await state.repo.latest(package, branch)
-        if row is None:
-            raise NotFoundError(f"no version of {package} on branch {branch}")
-        # The stored text is spliced in as it is: the values go out exactly as uploaded.
-        body = b'{"status":200,"content.json":' + row.content.encode("utf-8") + b"}"
-        cached = body, body_etag(body)
-        state.latest.put(key, stamp, *cached)
-    body, etag = cached
+    device = request.query_params.get("device")
+    if device is not None:
+        body, etag = await offered_to(state, package, branch, check_name(device, "device"))
+    else:
+        key = (package, branch)
+        stamp = state.store.stamp()
+        cached = state.latest.get(key, stamp)
+        if cached is None:
+            row = await state.repo.latest(package, branch)
+            if row is None:
+                raise NotFoundError(f"no version of {package} on branch {branch}")
+            cached = _body(row)
+            state.latest.put(key, stamp, *cached)
+        body, etag = cached
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if etag_matches(request, etag):
         return Response(status_code=304, headers=headers)
     return json_answer(body, 200, headers)
+
+
+def _body(row: VersionRow) -> tuple[bytes, str]:
+    # The stored text is spliced in as it is: the values go out exactly as uploaded.
+    body = b'{"status":200,"content.json":' + row.content.encode("utf-8") + b"}"
+    return body, body_etag(body)
+
+
+async def offered_to(state: State, package: str, branch: str, device_id: str) -> tuple[bytes, str]:
+    """The answer for an identified device (``otakit.rollout.offer``): a running rollout's version when
+    the device is in its cohort, what it runs when pinned, else the highest released version."""
+    repo = state.repo
+    device = await repo.devices.offer_view(device_id, package)
+    active = await repo.rollouts.active(package, branch) if device is not None else None
+    released = await repo.latest(package, branch)
+    stored = None
+    if device is not None and device.pinned and device.runs is not None:
+        stored = [StoredVersion(r.version, r.released) for r in await repo.list_versions(package, branch)]
+    chosen = offer(device, active.rules if active else None, released.version if released else None, stored)
+    if chosen is None:
+        raise NotFoundError(f"no version of {package} on branch {branch} for device {device_id}")
+    if released is not None and chosen == released.version:
+        return _body(released)
+    row = await repo.get(VersionKey(package, branch, version_key(chosen)))
+    if row is None:  # deleted since it was chosen
+        raise NotFoundError(f"no version of {package} on branch {branch} for device {device_id}")
+    return _body(row)
 
 
 def add_latest_version(app: FastAPI) -> None:
