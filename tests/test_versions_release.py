@@ -1,15 +1,22 @@
 """Released and held versions (DESIGN.md, "Versions: released or held"), against a real server on
-loopback, on SQLite and on MariaDB: ``PUT /upload?hold=1`` and the admin release and hold routes."""
+loopback, on SQLite and on MariaDB: ``PUT /upload?hold=1`` and the admin release, hold and delete routes."""
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from otakit.errors import ValidationError
+from otakit.server.filestore import JournalEntry, LocalFileStore
 from otakit.server.settings import load_settings
 from tests.api_client import upload
 from tests.databases import BACKENDS, database_url
@@ -65,6 +72,10 @@ def _latest(client: httpx.Client, package: str) -> str | None:
 def _listed(client: httpx.Client, package: str) -> list[tuple[str, bool]]:
     entries = _status(client.get("/getVersion", params={"package": package}), 200)["list"]
     return [(e["version"], e["released"]) for e in entries]
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def _admin(
@@ -235,3 +246,72 @@ def test_admin_tokens_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTAKIT_UPLOAD_TOKENS", "p,b")
     with pytest.raises(ValidationError, match="both an upload token and an admin token"):
         load_settings()
+
+
+def test_delete_removes_row_and_file_together(server: RunningServer, pkg: str) -> None:
+    _publish(server, pkg, "1.0")
+    _publish(server, pkg, "2.0")
+    objects = server.files_dir / ".objects"
+    before = len(list(objects.iterdir()))
+    layout = server.files_dir / pkg / "major" / f"{pkg}-major-2.0.zip"
+    assert layout.exists()
+    with server.client() as client:
+        for headers in ({}, {"Authorization": f"Bearer {PUBLISHER}"}):
+            _status(client.delete(f"/api/v1/versions/{pkg}/major/2.0", headers=headers), 401)
+        _status(client.delete(f"/api/v1/versions/{pkg}/major/9.0", headers=_bearer(ADMIN)), 404)
+        _status(client.delete(f"/api/v1/versions/{pkg}/major/2.0.0", headers=_bearer(ADMIN)), 200)
+        assert _listed(client, pkg) == [("1.0", True)]
+        assert _latest(client, pkg) == "1.0"  # at once, cache or not
+        _status(client.get(f"/otafiles/{pkg}/major/{pkg}-major-2.0.zip"), 404)
+        _status(client.delete(f"/api/v1/versions/{pkg}/major/2.0", headers=_bearer(ADMIN)), 404)
+    assert not layout.exists()
+    assert len(list(objects.iterdir())) == before - 1
+    _publish(server, pkg, "2.0")  # the version may be uploaded again, without force
+
+
+def test_an_interrupted_delete_is_finished_by_fsck(tmp_path: Path, pkg: str) -> None:
+    """A server killed after the delete's commit left the file and its journal: fsck removes both."""
+    url = f"sqlite:///{tmp_path / 'ota.db'}"
+    with run_server(tmp_path, url) as running:
+        _publish(running, pkg, "1.0")
+    files = tmp_path / "files"
+    layout = files / pkg / "major" / f"{pkg}-major-1.0.zip"
+    [object_id] = [p.name for p in (files / ".objects").iterdir()]
+    with closing(sqlite3.connect(tmp_path / "ota.db")) as db, db:  # the commit happened
+        db.execute("DELETE FROM ota WHERE name = ?", (pkg,))
+    dead = LocalFileStore(files)
+    dead.begin_journal(JournalEntry("deadbeef" * 4, pkg, "major", "1.0"))
+    dead.end_journal("deadbeef" * 4, remove=False)  # as a killed process leaves it: no longer held
+    assert layout.exists()
+    env = {**os.environ, "OTAKIT_DATABASE_URL": url, "OTAKIT_FILES_DIR": str(files)}
+    done = subprocess.run(
+        [sys.executable, "-m", "otakit", "server", "fsck"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "recovered 1 interrupted upload(s), removed 1 orphan object(s)" in done.stdout
+    assert not layout.exists()
+    assert not (files / ".objects" / object_id).exists()
+
+
+def test_delete_is_refused_while_a_rollout_runs(tmp_path: Path, pkg: str) -> None:
+    env = {"OTAKIT_ADMIN_TOKENS": ADMIN}
+    with (
+        run_server(tmp_path, f"sqlite:///{tmp_path / 'ota.db'}", env=env) as running,
+        running.client() as client,
+    ):
+        _publish(running, pkg, "1.0")
+        _publish(running, pkg, "2.0", held=True)
+        body = {"package": pkg, "branch": "major", "version": "2.0"}
+        created = client.post("/api/v1/rollouts", headers=_bearer(ADMIN), json=body)
+        assert created.status_code == 201, created.text
+        rollout = created.json()["rollout"]
+        error = _status(client.delete(f"/api/v1/versions/{pkg}/major/2.0", headers=_bearer(ADMIN)), 409)[
+            "error"
+        ]
+        assert "abort it to delete" in error
+        _status(client.post(f"/api/v1/rollouts/{rollout['id']}/abort", headers=_bearer(ADMIN)), 200)
+        _status(client.delete(f"/api/v1/versions/{pkg}/major/2.0", headers=_bearer(ADMIN)), 200)

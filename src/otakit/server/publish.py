@@ -20,6 +20,7 @@ under the same claim: it is idempotent and needs no hashing.
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 
 import anyio
@@ -31,7 +32,7 @@ from otakit.server.filestore import FileStore, IncomingFile, JournalEntry
 from otakit.server.repository import Repository, VersionKey, VersionRow
 from otakit.versions import version_key
 
-__all__ = ["RecoveryReport", "publish", "reconcile", "recover", "version_exists"]
+__all__ = ["RecoveryReport", "publish", "reconcile", "recover", "unpublish", "version_exists"]
 
 log = logging.getLogger("otakit.server")
 
@@ -93,6 +94,36 @@ async def publish(
         if committed and replaced is not None:
             await run(store.delete_object, replaced.object_id)
         await run(store.end_journal, upload_id)
+
+
+async def unpublish(repo: Repository, store: FileStore, key: VersionKey) -> bool:
+    """Delete the version under ``key``, row and files, as crash-safe as an upload; False if absent.
+
+    A journal entry names the version while the row goes and its layout file is unlinked in the
+    claim's transaction; a crash before the commit leaves the row, and recovery re-links its file; a
+    crash after it leaves no row, and recovery removes the file (the object is then an orphan).
+    """
+    found = await repo.get(key)
+    if found is None:
+        return False
+    run = anyio.to_thread.run_sync
+    entry = JournalEntry(uuid.uuid4().hex, key.name, key.branch, found.version)
+    with anyio.CancelScope(shield=True):
+        await run(store.begin_journal, entry)
+        try:
+            async with repo.claim(key) as claim:
+                row = claim.existing
+                if row is not None:
+                    await claim.delete()
+                    await run(store.unlink_layout, *_layout(row))
+        except BaseException:
+            await _undo(repo, store, entry)
+            raise
+        await run(store.bump_stamp)  # before the 200: no process answers from a cache made before it
+        if row is not None:
+            await run(store.delete_object, row.object_id)
+        await run(store.end_journal, entry.upload_id)
+    return row is not None
 
 
 def _layout(row: VersionRow) -> tuple[str, str, str]:

@@ -151,6 +151,16 @@ class Claim:
         )
         self.existing = replace(self.existing, released=released)
 
+    async def delete(self) -> None:
+        """Remove ``existing``'s row (its files are the caller's)."""
+        if self.existing is None:
+            raise ValueError(f"no version under {self.key} to delete")
+        await self._tx.execute(
+            "DELETE FROM ota WHERE name = ? AND branch = ? AND version_key = ?",
+            (self.key.name, self.key.branch, self.key.version_key),
+        )
+        self.existing = None
+
 
 class Versions:
     """The versions aggregate on one driver. Every method may raise ``UnavailableError``."""

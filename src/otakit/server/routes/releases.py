@@ -19,7 +19,9 @@ from otakit.errors import ConflictError, NotFoundError
 from otakit.names import check_name
 from otakit.server.deps import AdminDep, RepoDep, StoreDep
 from otakit.server.filestore import FileStore
+from otakit.server.publish import unpublish
 from otakit.server.repository import Repository, VersionKey
+from otakit.server.repository.rollouts import RolloutRow
 from otakit.versions import version_key
 from otakit.web import answer
 
@@ -30,9 +32,16 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "package or branch not a name, or version not a PEP 440 version"},
     401: {"description": "no valid admin token (a publisher token is not one)"},
     404: {"description": "no such version"},
-    409: {"description": "hold: the version has a running or paused rollout"},
+    409: {"description": "hold, delete: the version has a running or paused rollout"},
     503: {"description": "the database or file store is unavailable (retry later)"},
 }
+
+
+def _under_rollout(rollout: RolloutRow, version: str, verb: str) -> ConflictError:
+    return ConflictError(
+        f"{rollout.package} {version} has a {rollout.state} rollout ({rollout.id}): "
+        f"abort it to {verb} the version"
+    )
 
 
 async def _set_released(
@@ -43,9 +52,7 @@ async def _set_released(
     key = VersionKey(package, branch, version_key(version))
     rollout = await repo.rollouts.of_version(package, branch, key.version_key)
     if rollout is not None and not released:
-        raise ConflictError(
-            f"{package} {version} has a {rollout.state} rollout ({rollout.id}): abort it to hold the version"
-        )
+        raise _under_rollout(rollout, version, "hold")
     if not await repo.set_released(key, released):
         raise NotFoundError(f"no version {version} of {package} on branch {branch}")
     if rollout is not None:  # released by hand: its rollout is over
@@ -76,3 +83,22 @@ async def hold(
     package: str, branch: str, version: str, repo: RepoDep, store: StoreDep, admin: AdminDep
 ) -> Response:
     return await _set_released(repo, store, package, branch, version, False)
+
+
+@router.delete(
+    "/{package}/{branch}/{version}",
+    summary="Delete a version: its row and file together, crash-safe as an upload",
+    responses=_RESPONSES,
+)
+async def delete(
+    package: str, branch: str, version: str, repo: RepoDep, store: StoreDep, admin: AdminDep
+) -> Response:
+    check_name(package, "package")
+    check_name(branch, "branch")
+    key = VersionKey(package, branch, version_key(version))
+    rollout = await repo.rollouts.of_version(package, branch, key.version_key)
+    if rollout is not None:
+        raise _under_rollout(rollout, version, "delete")
+    if not await unpublish(repo, store, key):
+        raise NotFoundError(f"no version {version} of {package} on branch {branch}")
+    return answer(200)
