@@ -281,3 +281,37 @@ def test_every_rollout_route_needs_the_admin_token(http: httpx.Client) -> None:
     assert_error(http.get(f"{ROLLOUTS}/999999", headers=ADMIN), 404)
     assert_error(http.get(f"{ROLLOUTS}/x", headers=ADMIN), 400)
     assert_error(http.get(ROLLOUTS, headers=ADMIN, params={"state": "odd"}), 400)
+
+
+def test_reports_through_two_servers_are_all_counted(
+    fleet: tuple[str, Path], server: RunningServer, pkg: str
+) -> None:
+    url, workdir = fleet
+    publish(server, pkg, "1.0")
+    publish(server, pkg, "2.0", hold=True)
+    with run_server(workdir, url, env=FLEET_ENV) as second, server.client() as one, second.client() as two:
+        tokens = {f"{pkg}-{n}": enroll(one, f"{pkg}-{n}", pkg) for n in range(40)}
+        rollout = start(one, pkg, "2.0", phases=[50, 100], min_reports=1000)
+        names = sorted(tokens)
+
+        def send(n: int) -> None:
+            name = names[n % 40]
+            state = ("running", "succeeded", "failed")[n // 40]
+            report(one if n % 2 else two, name, tokens[name], pkg, state, job=f"j{n // 40}")
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(send, range(40)))  # everyone running
+            list(pool.map(send, range(40, 80)))  # then half succeed (by n % 2), through both servers
+        final = one.get(f"{ROLLOUTS}/{rollout['id']}", headers=ADMIN).json()["rollout"]
+        assert final["counts"] == {"succeeded": 40, "failed": 0, "in_progress": 0}, final
+
+
+def test_bad_rollout_bodies_write_nothing(http: httpx.Client, server: RunningServer, pkg: str) -> None:
+    publish(server, pkg, "2.0", hold=True)
+    json_headers = {**ADMIN, "Content-Type": "application/json"}
+    for body in (b'{"package": ', b"[]", b'{"package": "../x", "branch": "major", "version": "2.0"}',
+                 b'{"package": "a", "branch": "major", "version": "not a version"}'):  # fmt: skip
+        assert_error(http.post(ROLLOUTS, headers=json_headers, content=body), 400)
+    huge = b'{"package": "' + b"x" * (1 << 20) + b'"}'
+    assert_error(http.post(ROLLOUTS, headers=json_headers, content=huge), 413)
+    assert http.get(ROLLOUTS, headers=ADMIN, params={"package": pkg}).json()["list"] == []

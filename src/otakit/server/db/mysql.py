@@ -29,8 +29,12 @@ __all__ = ["MySQLDriver", "pyformat"]
 _T = TypeVar("_T")
 # Our own sessions are strict (an over-long value is an error, never truncated) and never use
 # NO_BACKSLASH_ESCAPES or ANSI_QUOTES, whatever the server's default: the driver quotes parameters
-# with backslash escapes.
+# with backslash escapes. They read committed data: writers that must exclude each other take a named
+# lock (or compare-and-set), and REPEATABLE READ's gap locks would only deadlock neighbouring inserts
+# (two devices' reports or inventories, whose keys sit side by side in one index).
 _SESSION_SETUP = "SET SESSION sql_mode = 'TRADITIONAL'"
+# A statement of its own (it joins no SET list), the same on MySQL and MariaDB; run once per connection.
+_READ_COMMITTED = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"
 _CONNECT_TIMEOUT_S = 5
 _POOL_RECYCLE_S = 3600
 _ER_DUP_ENTRY = 1062
@@ -231,6 +235,9 @@ class MySQLDriver(Driver):
                 if not await self._lock(conn, name, lock.wait_s):
                     raise UnavailableError(lock.busy)
             try:
+                if not getattr(conn, "_otakit_read_committed", False):
+                    await self._run(conn, _READ_COMMITTED, (), _executed)
+                    conn._otakit_read_committed = True
                 await self._step(conn, conn.begin)
                 try:
                     yield _MySQLTransaction(self, conn)
