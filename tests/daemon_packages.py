@@ -103,8 +103,10 @@ class Publisher:
         after: str = "",
         depends: dict[str, str] | None = None,
         executable: tuple[str, ...] = (),
+        hold: bool = False,
     ) -> dict[str, Any]:
-        """Pack ``files`` (default: a few files naming the version) and upload; return the content.json."""
+        """Pack ``files`` (default: a few files naming the version) and upload (``hold``: held, for a
+        rollout); return the content.json."""
         folder = self.workdir / f"src-{package}-{branch}-{version}"
         for name, data in (files if files is not None else default_files(package, version)).items():
             path = folder / name
@@ -122,18 +124,23 @@ class Publisher:
             after=after,
             depends=depends,
         )
-        return self.upload(result.content.raw, result.zip_path.read_bytes())
+        return self.upload(result.content.raw, result.zip_path.read_bytes(), hold=hold)
 
     def publish_zip(self, package: str, version: str, data: bytes, **extra: Any) -> dict[str, Any]:
         """Upload a zip built by hand, with a content.json that describes it truthfully."""
         return self.upload(content_for(data, package, version, remote=self.remote, **extra), data)
 
-    def upload(self, content: dict[str, Any], data: bytes) -> dict[str, Any]:
+    def upload(self, content: dict[str, Any], data: bytes, *, hold: bool = False) -> dict[str, Any]:
         parts: list[tuple[str, Any]] = [
             ("content", (None, json.dumps(content), "application/json")),
             ("file", ("package.zip", data, "application/zip")),
         ]
-        response = self.http.put("/upload", files=parts, headers={"Authorization": "Bearer test-token"})
+        response = self.http.put(
+            "/upload",
+            files=parts,
+            headers={"Authorization": "Bearer test-token"},
+            params={"hold": "1"} if hold else None,
+        )
         assert response.status_code == 200, response.text
         return content
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+import httpx
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from otakit.content import Content, describe_pydantic_error, load_json_object, parse_content
 from otakit.errors import ValidationError
+from otakit.names import check_name
 from otakit.signing import parse_public_key
 
 __all__ = ["ApiListen", "DeviceConfig", "parse_device_config"]
@@ -44,6 +46,11 @@ class DeviceConfig(BaseModel):
     download_retries: int = Field(5, ge=0)
     max_download_bytes: int = Field(10 * 1024**3, gt=0)
     state_dir: str = ".otakit-state"
+    # Joining a fleet (see DESIGN.md, "Daemon side"); the bounds are the wire protocol's.
+    registry: str | None = None
+    enroll_token: str = ""
+    tags: list[str] = Field(default_factory=list, max_length=100)
+    attributes: dict[str, str] = Field(default_factory=dict, max_length=100)
 
     def unknown_keys(self) -> list[str]:
         """Keys of the file the daemon does not use (kept as they are when it is rewritten)."""
@@ -77,6 +84,44 @@ class DeviceConfig(BaseModel):
                 raise ValueError(str(exc)) from None
         return value
 
+    @field_validator("registry")
+    @classmethod
+    def _check_registry(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        try:
+            url = httpx.URL(value)
+        except httpx.InvalidURL:
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"invalid registry {value!r}: expected an http:// or https:// URL")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, value: list[str]) -> list[str]:
+        for tag in value:
+            _name(tag, "tag")
+        return value
+
+    @field_validator("attributes")
+    @classmethod
+    def _check_attributes(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, text in value.items():
+            _name(key, "attribute name")
+            if len(text) > 1000:
+                raise ValueError(f"attribute {key}: the value is over 1000 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _check_fleet_device(self) -> DeviceConfig:
+        # Raised as our error, so that the message is not prefixed with pydantic's "value".
+        if self.registry:
+            if not self.device:
+                raise ValidationError("device is required when registry is set: it is the device's id there")
+            check_name(self.device, "device")
+        return self
+
     @field_validator("package", mode="before")
     @classmethod
     def _parse_packages(cls, value: Any) -> Any:
@@ -94,6 +139,13 @@ class DeviceConfig(BaseModel):
         out["flask"] = self.api.model_dump(mode="json")
         out["package"] = [content.raw for content in self.package]
         return out
+
+
+def _name(value: str, what: str) -> None:
+    try:
+        check_name(value, what)
+    except ValidationError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def parse_device_config(data: bytes | str, source: str = "daemon config") -> DeviceConfig:

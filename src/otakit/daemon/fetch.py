@@ -133,12 +133,18 @@ class Fetcher:
         self.retries = retries
         self.max_bytes = max_bytes
         self.backoff = backoff
+        self._identity: tuple[str, str] | None = None
         self._http = httpx.AsyncClient(
             headers={"User-Agent": f"otakit-daemon/{otakit.__version__}"},
             timeout=httpx.Timeout(timeout),
             follow_redirects=True,
             transport=transport,
         )
+
+    def identify(self, registry: str, device: str) -> None:
+        """Name ``device`` in the /latestVersion queries sent to ``registry`` (the fleet server), so that
+        it can answer with what a staged rollout offers this device; other servers are not told."""
+        self._identity = (_base_url(registry), device)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -158,11 +164,13 @@ class Fetcher:
         No version -> NotFoundError; an invalid content.json, or one for another package or branch ->
         VerificationError.
         """
-        url = _base_url(remote) + "/latestVersion"
+        base = _base_url(remote)
+        url = base + "/latestVersion"
         headers = {"If-None-Match": etag} if etag else {}
-        status, answer_headers, body = await self._get_small(
-            url, {"package": package, "branch": branch}, headers
-        )
+        params = {"package": package, "branch": branch}
+        if self._identity is not None and self._identity[0] == base:
+            params["device"] = self._identity[1]
+        status, answer_headers, body = await self._get_small(url, params, headers)
         if status == 304:
             return None, answer_headers.get("etag", etag)
         data = self._json_answer(url, status, body, f"no version of {package} on branch {branch}")

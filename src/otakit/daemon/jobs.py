@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from otakit.errors import ConflictError, NotFoundError, OtakitError
 
-__all__ = ["Job", "JobRegistry"]
+__all__ = ["Job", "JobObserver", "JobRegistry"]
 
 log = logging.getLogger("otakit.daemon")
 
@@ -20,6 +20,9 @@ Action = Literal["install", "update", "rollback", "remove", "check"]
 State = Literal["queued", "running", "succeeded", "failed", "rolled_back"]
 _MAX_LOG_LINES = 2000
 _KEEP_FINISHED = 200
+_WATCHED = frozenset({"state", "step", "progress"})
+
+JobObserver = Callable[["Job"], None]
 
 
 @dataclass
@@ -35,6 +38,17 @@ class Job:
     error: str | None = None
     log: list[str] = field(default_factory=list)
     created: float = field(default_factory=time.time)
+    observer: JobObserver | None = field(default=None, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Observers learn of every change of state, step or progress as it is made (no polling).
+        changed = name in _WATCHED and self.__dict__.get(name, value) != value
+        object.__setattr__(self, name, value)
+        if changed and self.observer is not None:
+            try:
+                self.observer(self)
+            except Exception:
+                log.exception("job %s: an observer failed", self.id)
 
     def say(self, line: str) -> None:
         """Add a line to the job's log (and the daemon's)."""
@@ -62,6 +76,16 @@ class JobRegistry:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._ids = itertools.count(1)
         self._prefix = format(int(time.time()), "x")
+        self._observers: list[JobObserver] = []
+
+    def observe(self, observer: JobObserver) -> None:
+        """Call ``observer(job)`` (on the event loop, synchronously: keep it cheap) whenever a job's
+        ``state``, ``step`` or ``progress`` changes."""
+        self._observers.append(observer)
+
+    def _changed(self, job: Job) -> None:
+        for observer in self._observers:
+            observer(job)
 
     def list(self) -> list[Job]:
         return sorted(self._jobs.values(), key=lambda job: (job.created, job.id), reverse=True)
@@ -84,7 +108,7 @@ class JobRegistry:
         """
         if self.busy(package):
             raise ConflictError(f"a job for {package or 'the device'} is running; wait for it to finish")
-        job = Job(f"{self._prefix}-{next(self._ids)}", package, action)
+        job = Job(f"{self._prefix}-{next(self._ids)}", package, action, observer=self._changed)
         self._jobs[job.id] = job
         self._tasks[job.id] = asyncio.create_task(self._run(job, work), name=f"otakit-job-{job.id}")
         self._prune()
@@ -95,6 +119,7 @@ class JobRegistry:
         try:
             await work(job)
             if not job.finished:
+                job.progress = 100  # before the state, so that observers see a finished job whole
                 job.state = "succeeded"
         except asyncio.CancelledError:
             job.error = "cancelled: the daemon is stopping"

@@ -13,6 +13,7 @@ from otakit.daemon.config_store import ConfigStore
 from otakit.daemon.fetch import Fetcher
 from otakit.daemon.jobs import Job, JobRegistry
 from otakit.daemon.plan import is_upgrade
+from otakit.daemon.registry import FleetClient
 from otakit.daemon.updater import InstallRequest, Updater
 from otakit.errors import ConflictError, OtakitError, ValidationError
 from otakit.versions import parse_version
@@ -33,6 +34,12 @@ class Daemon:
         self.quick = Fetcher(retries=0, max_bytes=config.max_download_bytes, timeout=15)
         self.updater = Updater(self.store, self.fetcher)
         self.jobs = JobRegistry()
+        self.fleet: FleetClient | None = None
+        if config.registry:
+            for fetcher in (self.fetcher, self.quick):
+                fetcher.identify(config.registry, config.device)
+            self.fleet = FleetClient(self.store)
+            self.jobs.observe(self.fleet.job_changed)
         self._etags: dict[str, str] = {}
         self._poller: asyncio.Task[None] | None = None
 
@@ -49,6 +56,8 @@ class Daemon:
             )
         if not self.store.config.trusted_keys:
             log.warning("no trusted_keys configured: package signatures are not verified")
+        if self.fleet is not None:
+            self.fleet.start()  # in the background: a server that is down delays nothing here
         interval = self.store.config.poll_interval
         if interval > 0:
             self._poller = asyncio.create_task(self._poll_forever(interval), name="otakit-poller")
@@ -58,6 +67,8 @@ class Daemon:
         if self._poller is not None:
             self._poller.cancel()
         await self.jobs.drain(cancel_steps=("check", "verify", "waiting", "resolve", "download"))
+        if self.fleet is not None:
+            await self.fleet.stop()  # after the jobs, so that their last reports reach the outbox
         await self.fetcher.aclose()
         await self.quick.aclose()
 
