@@ -35,6 +35,8 @@ _ERRORS: dict[int, type[OtakitError]] = {
     409: ConflictError,
     413: TooLargeError,
 }
+# A request that failed with one of these never reached the server: safe to send again.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 Progress = Callable[[int], None]  # called with the bytes of the file sent so far
 Body = Callable[[], Iterator[bytes]]
 _PIECE = 1024 * 1024
@@ -125,10 +127,14 @@ class ServerClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, *, body: Body | None = None, **kwargs: Any) -> Any:
+    def _request(
+        self, method: str, path: str, *, body: Body | None = None, idempotent: bool = True, **kwargs: Any
+    ) -> Any:
         """Send with retries on connection failures (a fresh ``body()`` each time); return the JSON
-        answer or raise OtakitError."""
+        answer or raise OtakitError. A request that is not ``idempotent`` is retried only when it
+        cannot have reached the server (no connection was made)."""
         delay = 0.25
+        retried = (httpx.TransportError,) if idempotent else _NOT_SENT
         for attempt in range(self.retries + 1):
             try:
                 if body is not None:
@@ -136,7 +142,7 @@ class ServerClient:
                 response = self._http.request(method, path, **kwargs)
                 break
             except httpx.TransportError as exc:
-                if attempt == self.retries:
+                if attempt == self.retries or not isinstance(exc, retried):
                     raise UnavailableError(
                         f"cannot reach the server at {self.base_url}: {exc or type(exc).__name__}"
                     ) from None
@@ -149,13 +155,29 @@ class ServerClient:
             body = response.json()
         except ValueError:
             body = None
-        if response.status_code == 200 and isinstance(body, dict):
+        if 200 <= response.status_code < 300 and isinstance(body, dict):
             return body
         message = body.get("error") if isinstance(body, dict) else None
         message = message or f"the server answered HTTP {response.status_code}"
         if response.status_code >= 500:
             raise UnavailableError(f"server error: {message}")
         raise _ERRORS.get(response.status_code, OtakitError)(message)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        json: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """One JSON request to the API (the admin routes: pass ``token``); its JSON answer, or the
+        status's OtakitError with the server's sentence. Only GETs are retried after the request may
+        have gone out, so an action is never applied twice."""
+        answer: dict[str, Any] = self._request(
+            method, path, params=params, json=json, idempotent=method.upper() in {"GET", "HEAD"}
+        )
+        return answer
 
     def latest(self, package: str, branch: str) -> Content:
         body = self._request("GET", "/latestVersion", params={"package": package, "branch": branch})

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 import otakit
+from otakit.cli import fleet
 from otakit.cli.errors import set_debug
 from otakit.cli.publish import register
 from otakit.cli.server import db_app, server_app
@@ -17,6 +18,7 @@ app = typer.Typer(help="otakit: over-the-air updates for devices.", no_args_is_h
 register(app)
 app.add_typer(server_app, name="server")
 app.add_typer(db_app, name="db")
+fleet.register(app)
 
 
 def _version(value: bool) -> None:
