@@ -262,3 +262,30 @@ def test_fleet_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(ValidationError):
             load_settings()
         monkeypatch.delenv(name)
+
+
+def test_the_answers_are_documented(http: httpx.Client) -> None:
+    spec = http.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    assert {"DeviceList", "DeviceAnswer", "RegisterAnswer", "RolloutAnswer", "RolloutList"} <= set(schemas)
+    listed = spec["paths"]["/api/v1/devices"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert listed["schema"] == {"$ref": "#/components/schemas/DeviceList"}
+    assert set(schemas["DeviceInfo"]["properties"]) >= {
+        "id",
+        "state",
+        "pinned",
+        "online",
+        "last_seen",
+        "jobs",
+    }
+
+
+def test_answers_match_their_models(http: httpx.Client, dev: str) -> None:
+    from otakit.protocol import DeviceAnswer, DeviceList, RegisterAnswer
+
+    registered = RegisterAnswer.model_validate(enroll(http, dev, tags=["t"]))
+    assert registered.device.id == dev
+    assert (
+        DeviceAnswer.model_validate(http.get(f"{DEVICES}/{dev}", headers=ADMIN).json()).device.reports == []
+    )
+    assert DeviceList.model_validate(http.get(DEVICES, headers=ADMIN, params={"tag": "t"}).json()).total >= 1

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from otakit.protocol import RolloutAnswer
 from otakit.rollout import bucket
 from tests.api_client import assert_error, upload
 from tests.databases import BACKENDS, database_url
@@ -61,6 +62,8 @@ def start(http: httpx.Client, package: str, version: str, status: int = 201, **p
         ROLLOUTS, headers=ADMIN, json={"package": package, "branch": "major", "version": version, **policy}
     )
     assert response.status_code == status, response.text
+    if status == 201:
+        RolloutAnswer.model_validate(response.json())  # as /docs says
     rollout: dict[str, Any] = response.json().get("rollout", {})
     return rollout
 

@@ -1,7 +1,9 @@
-"""The fleet's wire protocol: paths and bodies shared by the server, the daemon and the CLI.
+"""The fleet's wire protocol: paths, bodies and answers shared by the server, the daemon and the CLI.
 
 Bodies are pydantic models that refuse unknown keys and bound every size, so that a device (or anyone
-holding its token) can write nothing the server did not expect.
+holding its token) can write nothing the server did not expect. Answers are the models the routes
+declare (so ``/docs`` shows what they send) and that clients read them with; they ignore keys a later
+server may add.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from otakit.api_paths import DEVICES, ROLLOUTS, VERSIONS, device_path
 from otakit.errors import ValidationError
 from otakit.names import check_name
 from otakit.versions import MAX_VERSION_LENGTH, parse_version
@@ -17,23 +20,29 @@ from otakit.versions import MAX_VERSION_LENGTH, parse_version
 __all__ = [
     "DEVICES",
     "MAX_REPORT_BYTES",
+    "ROLLOUTS",
+    "VERSIONS",
+    "Counts",
+    "DeviceAnswer",
+    "DeviceInfo",
+    "DeviceList",
     "DeviceUpdate",
+    "Done",
     "Heartbeat",
+    "HeartbeatAnswer",
     "JobReport",
     "Name",
     "PackageRef",
     "Register",
+    "RegisterAnswer",
+    "RolloutAnswer",
     "RolloutCreate",
+    "RolloutInfo",
+    "RolloutList",
     "device_path",
 ]
 
-DEVICES = "/api/v1/devices"
 MAX_REPORT_BYTES = 1024 * 1024  # a report (a job with up to 2,000 log lines) or any other fleet body
-
-
-def device_path(device: str, action: str = "") -> str:
-    """``/api/v1/devices/{device}[/{action}]`` (``device`` must be a name, so it needs no quoting)."""
-    return f"{DEVICES}/{check_name(device, 'device')}" + (f"/{action}" if action else "")
 
 
 def _name(value: str) -> str:
@@ -122,3 +131,91 @@ class RolloutCreate(_Body):
     min_reports: int = 20
     phase_seconds: float | None = None
     tags: Annotated[list[Name], Field(max_length=100)] = []
+
+
+# -- answers -----------------------------------------------------------------------------------------
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    status: int
+
+
+class Done(_Answer):
+    """``{"status": 200}``."""
+
+
+class DeviceInfo(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    description: str
+    tags: list[str]
+    attributes: dict[str, str]
+    packages: list[PackageRef]
+    state: Literal["accepted", "pending"]
+    pinned: bool
+    online: bool
+    last_seen: str | None = Field(description="ISO-8601 UTC")
+    registered: str = Field(description="ISO-8601 UTC")
+    jobs: dict[str, dict[str, object]] = Field(description="per package, its latest report")
+    reports: list[dict[str, object]] | None = Field(
+        None, description="GET /api/v1/devices/{id} only: the last 50 reports, newest first"
+    )
+
+
+class RegisterAnswer(_Answer):
+    device: DeviceInfo
+    token: str = Field(description="the device's own token: shown once, kept by the server as its sha256")
+    heartbeat_seconds: int
+
+
+class HeartbeatAnswer(_Answer):
+    heartbeat_seconds: int
+
+
+class DeviceAnswer(_Answer):
+    device: DeviceInfo
+
+
+class DeviceList(_Answer):
+    list: list[DeviceInfo]
+    next: str | None = Field(description="the next page's `after`, or null on the last page")
+    total: int
+
+
+class Counts(BaseModel):
+    succeeded: int
+    failed: int
+    in_progress: int
+
+
+class RolloutInfo(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: int
+    package: str
+    branch: str
+    version: str
+    phases: list[float]
+    phase: int
+    percent: float
+    state: Literal["running", "paused", "completed", "aborted"]
+    paused_reason: str | None
+    max_failure_rate: float
+    min_reports: int
+    phase_seconds: float | None
+    tags: list[str]
+    created: str
+    updated: str
+    counts: Counts
+    failure_rate: float
+
+
+class RolloutAnswer(_Answer):
+    rollout: RolloutInfo
+
+
+class RolloutList(_Answer):
+    list: list[RolloutInfo]

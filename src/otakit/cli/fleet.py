@@ -32,9 +32,10 @@ if TYPE_CHECKING:  # Rich and httpx load when a command runs, not when the CLI s
 
 __all__ = ["device_app", "register", "rollout_app"]
 
-_DEVICES = "/api/v1/devices"
-_ROLLOUTS = "/api/v1/rollouts"
-_VERSIONS = "/api/v1/versions"
+from otakit.api_paths import DEVICES as _DEVICES
+from otakit.api_paths import ROLLOUTS as _ROLLOUTS
+from otakit.api_paths import VERSIONS as _VERSIONS
+
 _PAGE = 1000  # the server's largest page
 _SHOWN_REPORTS = 10
 

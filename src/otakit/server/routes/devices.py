@@ -15,13 +15,25 @@ from fastapi.responses import Response
 
 from otakit.errors import AuthError, ConflictError, ForbiddenError, NotFoundError
 from otakit.names import check_name
-from otakit.protocol import DEVICES, MAX_REPORT_BYTES, Heartbeat, JobReport, Register
+from otakit.protocol import (
+    DEVICES,
+    MAX_REPORT_BYTES,
+    DeviceAnswer,
+    DeviceList,
+    Done,
+    Heartbeat,
+    HeartbeatAnswer,
+    JobReport,
+    Register,
+    RegisterAnswer,
+)
 from otakit.server.bodies import read_model
 from otakit.server.db import Transaction
 from otakit.server.deps import AdminDep, State, bearer_token, token_valid
 from otakit.server.repository.devices import DeviceFilter, DeviceRow
 from otakit.versions import parse_version
 from otakit.web import answer
+from otakit.web import declared as _ok
 
 router = APIRouter(prefix=DEVICES, tags=["devices"])
 
@@ -89,7 +101,9 @@ def device_json(state: State, device: DeviceRow, now: float) -> dict[str, Any]:
 # -- a device's own calls ----------------------------------------------------------------------------
 
 
-@router.post("/register", dependencies=[Depends(_enrollment)], summary="Enroll a device")
+@router.post(
+    "/register", dependencies=[Depends(_enrollment)], summary="Enroll a device", responses=_ok(RegisterAnswer)
+)
 async def register(request: Request) -> Response:
     state = _state(request)
     body = await read_model(request, Register, _MAX_BODY)
@@ -112,7 +126,11 @@ async def register(request: Request) -> Response:
     )
 
 
-@router.post("/{device_id}/heartbeat", summary="A device is alive (and what it runs, when it changed)")
+@router.post(
+    "/{device_id}/heartbeat",
+    summary="A device is alive (and what it runs, when it changed)",
+    responses=_ok(HeartbeatAnswer),
+)
 async def heartbeat(request: Request, device_id: DeviceDep) -> Response:
     state = _state(request)
     body = await read_model(request, Heartbeat, _MAX_BODY, empty_ok=True)
@@ -122,7 +140,9 @@ async def heartbeat(request: Request, device_id: DeviceDep) -> Response:
     return answer(200, heartbeat_seconds=state.settings.heartbeat_seconds)
 
 
-@router.post("/{device_id}/reports", summary="A job's state, as the device's daemon reports it")
+@router.post(
+    "/{device_id}/reports", summary="A job's state, as the device's daemon reports it", responses=_ok(Done)
+)
 async def report(request: Request, device_id: DeviceDep) -> Response:
     state = _state(request)
     job = await read_model(request, JobReport, MAX_REPORT_BYTES)
@@ -145,7 +165,7 @@ async def report(request: Request, device_id: DeviceDep) -> Response:
 _Name = Annotated[str | None, Query(max_length=100)]
 
 
-@router.get("", summary="Devices, sorted by id, a page at a time")
+@router.get("", summary="Devices, sorted by id, a page at a time", responses=_ok(DeviceList))
 async def list_devices(
     request: Request,
     _: AdminDep,
@@ -181,7 +201,7 @@ async def _known(request: Request, device_id: str) -> DeviceRow:
     return device
 
 
-@router.get("/{device_id}", summary="One device, with its last 50 reports")
+@router.get("/{device_id}", summary="One device, with its last 50 reports", responses=_ok(DeviceAnswer))
 async def get_device(request: Request, device_id: str, _: AdminDep) -> Response:
     state = _state(request)
     device = await _known(request, device_id)
@@ -189,7 +209,7 @@ async def get_device(request: Request, device_id: str, _: AdminDep) -> Response:
     return answer(200, device={**device_json(state, device, time.time()), "reports": reports})
 
 
-@router.post("/{device_id}/accept", summary="Accept a pending device (manual approval)")
+@router.post("/{device_id}/accept", summary="Accept a pending device (manual approval)", responses=_ok(Done))
 async def accept(request: Request, device_id: str, _: AdminDep) -> Response:
     check_name(device_id, "device")
     if not await _state(request).repo.devices.accept(device_id):
@@ -204,17 +224,17 @@ async def _pin(request: Request, device_id: str, pinned: bool) -> Response:
     return answer(200)
 
 
-@router.post("/{device_id}/pin", summary="Offer the device nothing above what it runs")
+@router.post("/{device_id}/pin", summary="Offer the device nothing above what it runs", responses=_ok(Done))
 async def pin(request: Request, device_id: str, _: AdminDep) -> Response:
     return await _pin(request, device_id, True)
 
 
-@router.post("/{device_id}/unpin", summary="Offer the device updates again")
+@router.post("/{device_id}/unpin", summary="Offer the device updates again", responses=_ok(Done))
 async def unpin(request: Request, device_id: str, _: AdminDep) -> Response:
     return await _pin(request, device_id, False)
 
 
-@router.delete("/{device_id}", summary="Forget a device: record, reports and token")
+@router.delete("/{device_id}", summary="Forget a device: record, reports and token", responses=_ok(Done))
 async def delete(request: Request, device_id: str, _: AdminDep) -> Response:
     check_name(device_id, "device")
     state = _state(request)

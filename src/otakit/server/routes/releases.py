@@ -17,6 +17,7 @@ from fastapi.responses import Response
 
 from otakit.errors import ConflictError, NotFoundError
 from otakit.names import check_name
+from otakit.protocol import VERSIONS, Done
 from otakit.server.deps import AdminDep, RepoDep, StoreDep
 from otakit.server.filestore import FileStore
 from otakit.server.publish import unpublish
@@ -25,10 +26,10 @@ from otakit.server.repository.rollouts import RolloutRow
 from otakit.versions import version_key
 from otakit.web import answer
 
-router = APIRouter(prefix="/api/v1/versions", tags=["admin"])
+router = APIRouter(prefix=VERSIONS, tags=["admin"])
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": '`{"status": 200}`'},
+    200: {"model": Done, "description": '`{"status": 200}`'},
     400: {"description": "package or branch not a name, or version not a PEP 440 version"},
     401: {"description": "no valid admin token (a publisher token is not one)"},
     404: {"description": "no such version"},

@@ -17,7 +17,7 @@ from fastapi.responses import Response
 
 from otakit.errors import ConflictError, NotFoundError
 from otakit.names import check_name
-from otakit.protocol import RolloutCreate
+from otakit.protocol import ROLLOUTS, RolloutAnswer, RolloutCreate, RolloutList
 from otakit.rollout import OPERATOR_PAUSE, Action, Policy, Rollout
 from otakit.server.bodies import read_model
 from otakit.server.deps import AdminDep, State
@@ -25,8 +25,9 @@ from otakit.server.repository.rollouts import RolloutRow
 from otakit.server.repository.versions import VersionKey
 from otakit.versions import parse_version, version_key
 from otakit.web import answer
+from otakit.web import declared as _ok
 
-router = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
+router = APIRouter(prefix=ROLLOUTS, tags=["rollouts"])
 
 _MAX_BODY = 64 * 1024
 
@@ -71,7 +72,9 @@ async def ended_caches(state: State) -> None:
     await anyio.to_thread.run_sync(state.store.bump_stamp)
 
 
-@router.post("", status_code=201, summary="Start a staged rollout of a held version")
+@router.post(
+    "", status_code=201, summary="Start a staged rollout of a held version", responses=_ok(RolloutAnswer, 201)
+)
 async def create(request: Request, _: AdminDep) -> Response:
     state = _state(request)
     body = await read_model(request, RolloutCreate, _MAX_BODY)
@@ -98,7 +101,7 @@ async def create(request: Request, _: AdminDep) -> Response:
     return answer(201, rollout=rollout_json(row))
 
 
-@router.get("", summary="Rollouts, newest first")
+@router.get("", summary="Rollouts, newest first", responses=_ok(RolloutList))
 async def list_rollouts(
     request: Request,
     _: AdminDep,
@@ -121,7 +124,7 @@ async def _get(request: Request, rollout_id: int) -> RolloutRow:
     return row
 
 
-@router.get("/{rollout_id}", summary="One rollout, with its counts")
+@router.get("/{rollout_id}", summary="One rollout, with its counts", responses=_ok(RolloutAnswer))
 async def get_rollout(request: Request, rollout_id: int, _: AdminDep) -> Response:
     return answer(200, rollout=rollout_json(await _get(request, rollout_id)))
 
@@ -133,21 +136,27 @@ async def _act(request: Request, rollout_id: int, action: Action, reason: str | 
     return answer(200, rollout=rollout_json(row))
 
 
-@router.post("/{rollout_id}/advance", summary="Move to the next phase (the last one completes it)")
+@router.post(
+    "/{rollout_id}/advance",
+    summary="Move to the next phase (the last one completes it)",
+    responses=_ok(RolloutAnswer),
+)
 async def advance(request: Request, rollout_id: int, _: AdminDep) -> Response:
     return await _act(request, rollout_id, "advance")
 
 
-@router.post("/{rollout_id}/pause", summary="Offer the version to nobody new")
+@router.post("/{rollout_id}/pause", summary="Offer the version to nobody new", responses=_ok(RolloutAnswer))
 async def pause(request: Request, rollout_id: int, _: AdminDep) -> Response:
     return await _act(request, rollout_id, "pause", OPERATOR_PAUSE)
 
 
-@router.post("/{rollout_id}/resume", summary="Continue a paused rollout")
+@router.post("/{rollout_id}/resume", summary="Continue a paused rollout", responses=_ok(RolloutAnswer))
 async def resume(request: Request, rollout_id: int, _: AdminDep) -> Response:
     return await _act(request, rollout_id, "resume")
 
 
-@router.post("/{rollout_id}/abort", summary="End the rollout; the version stays held")
+@router.post(
+    "/{rollout_id}/abort", summary="End the rollout; the version stays held", responses=_ok(RolloutAnswer)
+)
 async def abort(request: Request, rollout_id: int, _: AdminDep) -> Response:
     return await _act(request, rollout_id, "abort")
