@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,7 +16,15 @@ from starlette.responses import Response
 
 from otakit.errors import OtakitError
 
-__all__ = ["answer", "body_etag", "declared", "etag_matches", "install_error_handlers", "json_answer"]
+__all__ = [
+    "answer",
+    "body_etag",
+    "declared",
+    "etag_matches",
+    "install_error_handlers",
+    "iso_utc",
+    "json_answer",
+]
 
 
 def json_answer(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -29,6 +38,11 @@ def answer(status: int = 200, headers: dict[str, str] | None = None, **fields: A
 
 def body_etag(body: bytes) -> str:
     return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+
+
+def iso_utc(at: float) -> str:
+    """Unix seconds as the fleet API writes times: ISO-8601 UTC to the millisecond, ``…Z``."""
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def declared(model: type[BaseModel], status: int = 200) -> dict[int | str, dict[str, Any]]:

@@ -639,48 +639,29 @@ def _rollout_action(
     _show_rollout(rollout, as_json)
 
 
-@rollout_app.command()
-def advance(
-    rollout_id: RolloutArgument,
-    server: ServerOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Move a running rollout to its next phase (entering 100 % completes it and releases the version)."""
-    _rollout_action(rollout_id, "advance", server, token, as_json)
+def _rollout_action_command(action: str, doc: str) -> None:
+    def command(
+        rollout_id: RolloutArgument,
+        server: ServerOption = None,
+        token: TokenOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        _rollout_action(rollout_id, action, server, token, as_json)
+
+    command.__doc__ = doc
+    rollout_app.command(name=action)(command)
 
 
-@rollout_app.command()
-def pause(
-    rollout_id: RolloutArgument,
-    server: ServerOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Pause a running rollout: nobody new is offered the version."""
-    _rollout_action(rollout_id, "pause", server, token, as_json)
-
-
-@rollout_app.command()
-def resume(
-    rollout_id: RolloutArgument,
-    server: ServerOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Resume a paused rollout (its phase gets its full --phase-seconds again)."""
-    _rollout_action(rollout_id, "resume", server, token, as_json)
-
-
-@rollout_app.command()
-def abort(
-    rollout_id: RolloutArgument,
-    server: ServerOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """End a running or paused rollout; the version stays held."""
-    _rollout_action(rollout_id, "abort", server, token, as_json)
+for _action, _doc in (
+    (
+        "advance",
+        "Move a running rollout to its next phase (entering 100 % completes it and releases the version).",
+    ),
+    ("pause", "Pause a running rollout: nobody new is offered the version."),
+    ("resume", "Resume a paused rollout (its phase gets its full --phase-seconds again)."),
+    ("abort", "End a running or paused rollout; the version stays held."),
+):
+    _rollout_action_command(_action, _doc)
 
 
 # -- versions -----------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ __all__ = [
     "SettingsDep",
     "State",
     "StoreDep",
+    "app_state",
     "bearer_token",
     "require_admin",
     "require_publisher",
@@ -40,7 +41,8 @@ class State:
     seen: SeenBuffer
 
 
-def _state(request: Request) -> State:
+def app_state(request: Request) -> State:
+    """The running app's state (settings, repository, file store, caches)."""
     state: State = request.app.state.otakit
     return state
 
@@ -48,15 +50,15 @@ def _state(request: Request) -> State:
 # Dependencies are ``async def`` although they do no I/O: FastAPI runs a plain ``def`` dependency in a
 # worker thread, a hop that cost more than the rest of a /latestVersion answer.
 async def _repo(request: Request) -> Repository:
-    return _state(request).repo
+    return app_state(request).repo
 
 
 async def _store(request: Request) -> FileStore:
-    return _state(request).store
+    return app_state(request).store
 
 
 async def _settings(request: Request) -> ServerSettings:
-    return _state(request).settings
+    return app_state(request).settings
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ def token_valid(token: str, candidates: list[str]) -> bool:
 
 async def require_publisher(request: Request) -> Publisher:
     """The caller's publisher token, checked in constant time; 401 without a valid one."""
-    settings = _state(request).settings
+    settings = app_state(request).settings
     token = bearer_token(request)
     if token:
         if token_valid(token, settings.upload_tokens):
@@ -106,7 +108,7 @@ class Admin:
 
 async def require_admin(request: Request) -> Admin:
     """The caller's admin token, checked in constant time; 401 without a valid one."""
-    settings = _state(request).settings
+    settings = app_state(request).settings
     token = bearer_token(request)
     if not settings.admin_tokens:
         raise AuthError("the admin API is disabled: set OTAKIT_ADMIN_TOKENS on the server")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -29,10 +28,10 @@ from otakit.protocol import (
 )
 from otakit.server.bodies import read_model
 from otakit.server.db import Transaction
-from otakit.server.deps import AdminDep, State, bearer_token, token_valid
+from otakit.server.deps import AdminDep, State, app_state, bearer_token, token_valid
 from otakit.server.repository.devices import DeviceFilter, DeviceRow
 from otakit.versions import parse_version
-from otakit.web import answer
+from otakit.web import answer, iso_utc
 from otakit.web import declared as _ok
 
 router = APIRouter(prefix=DEVICES, tags=["devices"])
@@ -40,17 +39,12 @@ router = APIRouter(prefix=DEVICES, tags=["devices"])
 _MAX_BODY = 64 * 1024  # registration and heartbeat bodies
 
 
-def _state(request: Request) -> State:
-    state: State = request.app.state.otakit
-    return state
-
-
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
 async def _enrollment(request: Request) -> None:
-    settings = _state(request).settings
+    settings = app_state(request).settings
     token = bearer_token(request)
     if not settings.enroll_tokens:
         raise AuthError("enrollment is disabled: set OTAKIT_ENROLL_TOKENS on the server")
@@ -64,7 +58,7 @@ async def _device(request: Request, device_id: str) -> str:
     token = bearer_token(request)
     if not token:
         raise AuthError("a device token is required: send 'Authorization: Bearer <token>'")
-    owner = await _state(request).repo.devices.by_token(token_hash(token))
+    owner = await app_state(request).repo.devices.by_token(token_hash(token))
     if owner is None:
         raise AuthError("the device token is not valid (enroll again)")
     if owner != device_id:
@@ -73,12 +67,6 @@ async def _device(request: Request, device_id: str) -> str:
 
 
 DeviceDep = Annotated[str, Depends(_device)]
-
-
-def _iso(at: float | None) -> str | None:
-    if at is None:
-        return None
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def device_json(state: State, device: DeviceRow, now: float) -> dict[str, Any]:
@@ -92,8 +80,8 @@ def device_json(state: State, device: DeviceRow, now: float) -> dict[str, Any]:
         "state": device.state,
         "pinned": device.pinned,
         "online": now - last_seen < 3 * state.settings.heartbeat_seconds,
-        "last_seen": _iso(last_seen),
-        "registered": _iso(device.registered),
+        "last_seen": iso_utc(last_seen),
+        "registered": iso_utc(device.registered),
         "jobs": device.jobs,
     }
 
@@ -105,7 +93,7 @@ def device_json(state: State, device: DeviceRow, now: float) -> dict[str, Any]:
     "/register", dependencies=[Depends(_enrollment)], summary="Enroll a device", responses=_ok(RegisterAnswer)
 )
 async def register(request: Request) -> Response:
-    state = _state(request)
+    state = app_state(request)
     body = await read_model(request, Register, _MAX_BODY)
     token = secrets.token_urlsafe(32)
     now = time.time()
@@ -132,7 +120,7 @@ async def register(request: Request) -> Response:
     responses=_ok(HeartbeatAnswer),
 )
 async def heartbeat(request: Request, device_id: DeviceDep) -> Response:
-    state = _state(request)
+    state = app_state(request)
     body = await read_model(request, Heartbeat, _MAX_BODY, empty_ok=True)
     if body.model_fields_set and not await state.repo.devices.update(device_id, body):
         raise AuthError("the device token is not valid (enroll again)")
@@ -144,7 +132,7 @@ async def heartbeat(request: Request, device_id: DeviceDep) -> Response:
     "/{device_id}/reports", summary="A job's state, as the device's daemon reports it", responses=_ok(Done)
 )
 async def report(request: Request, device_id: DeviceDep) -> Response:
-    state = _state(request)
+    state = app_state(request)
     job = await read_model(request, JobReport, MAX_REPORT_BYTES)
     now = time.time()
     paused: list[int] = []
@@ -178,7 +166,7 @@ async def list_devices(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: _Name = None,
 ) -> Response:
-    app_state = _state(request)
+    fleet = app_state(request)
     for value, what in ((package, "package"), (branch, "branch"), (tag, "tag"), (after, "after")):
         if value is not None:
             check_name(value, what)
@@ -186,16 +174,16 @@ async def list_devices(
         parse_version(version)
     now = time.time()
     where = DeviceFilter(
-        package, branch, version, tag, state, online, now - 3 * app_state.settings.heartbeat_seconds
+        package, branch, version, tag, state, online, now - 3 * fleet.settings.heartbeat_seconds
     )
-    devices, following, total = await app_state.repo.devices.page(where, after=after, limit=limit)
-    listed = [device_json(app_state, device, now) for device in devices]
+    devices, following, total = await fleet.repo.devices.page(where, after=after, limit=limit)
+    listed = [device_json(fleet, device, now) for device in devices]
     return answer(200, list=listed, next=following, total=total)
 
 
 async def _known(request: Request, device_id: str) -> DeviceRow:
     check_name(device_id, "device")
-    device = await _state(request).repo.devices.get(device_id)
+    device = await app_state(request).repo.devices.get(device_id)
     if device is None:
         raise NotFoundError(f"no device {device_id}")
     return device
@@ -203,7 +191,7 @@ async def _known(request: Request, device_id: str) -> DeviceRow:
 
 @router.get("/{device_id}", summary="One device, with its last 50 reports", responses=_ok(DeviceAnswer))
 async def get_device(request: Request, device_id: str, _: AdminDep) -> Response:
-    state = _state(request)
+    state = app_state(request)
     device = await _known(request, device_id)
     reports = await state.repo.devices.reports(device.id)
     return answer(200, device={**device_json(state, device, time.time()), "reports": reports})
@@ -212,14 +200,14 @@ async def get_device(request: Request, device_id: str, _: AdminDep) -> Response:
 @router.post("/{device_id}/accept", summary="Accept a pending device (manual approval)", responses=_ok(Done))
 async def accept(request: Request, device_id: str, _: AdminDep) -> Response:
     check_name(device_id, "device")
-    if not await _state(request).repo.devices.accept(device_id):
+    if not await app_state(request).repo.devices.accept(device_id):
         raise NotFoundError(f"no device {device_id}")
     return answer(200)
 
 
 async def _pin(request: Request, device_id: str, pinned: bool) -> Response:
     check_name(device_id, "device")
-    if not await _state(request).repo.devices.set_pinned(device_id, pinned):
+    if not await app_state(request).repo.devices.set_pinned(device_id, pinned):
         raise NotFoundError(f"no device {device_id}")
     return answer(200)
 
@@ -237,7 +225,7 @@ async def unpin(request: Request, device_id: str, _: AdminDep) -> Response:
 @router.delete("/{device_id}", summary="Forget a device: record, reports and token", responses=_ok(Done))
 async def delete(request: Request, device_id: str, _: AdminDep) -> Response:
     check_name(device_id, "device")
-    state = _state(request)
+    state = app_state(request)
     if not await state.repo.devices.delete(device_id):
         raise NotFoundError(f"no device {device_id}")
     state.seen.forget(device_id)

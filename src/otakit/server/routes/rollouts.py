@@ -8,7 +8,6 @@ cached ``/latestVersion`` answers at once, as an upload does.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -20,25 +19,16 @@ from otakit.names import check_name
 from otakit.protocol import ROLLOUTS, RolloutAnswer, RolloutCreate, RolloutList
 from otakit.rollout import OPERATOR_PAUSE, Action, Policy, Rollout
 from otakit.server.bodies import read_model
-from otakit.server.deps import AdminDep, State
+from otakit.server.deps import AdminDep, State, app_state
 from otakit.server.repository.rollouts import RolloutRow
 from otakit.server.repository.versions import VersionKey
 from otakit.versions import parse_version, version_key
-from otakit.web import answer
+from otakit.web import answer, iso_utc
 from otakit.web import declared as _ok
 
 router = APIRouter(prefix=ROLLOUTS, tags=["rollouts"])
 
 _MAX_BODY = 64 * 1024
-
-
-def _state(request: Request) -> State:
-    state: State = request.app.state.otakit
-    return state
-
-
-def _iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def rollout_json(row: RolloutRow) -> dict[str, Any]:
@@ -56,8 +46,8 @@ def rollout_json(row: RolloutRow) -> dict[str, Any]:
         "min_reports": row.policy.min_reports,
         "phase_seconds": row.policy.phase_seconds,
         "tags": list(row.policy.tags),
-        "created": _iso(row.created),
-        "updated": _iso(row.updated),
+        "created": iso_utc(row.created),
+        "updated": iso_utc(row.updated),
         "counts": {
             "succeeded": row.counts.succeeded,
             "failed": row.counts.failed,
@@ -76,7 +66,7 @@ async def ended_caches(state: State) -> None:
     "", status_code=201, summary="Start a staged rollout of a held version", responses=_ok(RolloutAnswer, 201)
 )
 async def create(request: Request, _: AdminDep) -> Response:
-    state = _state(request)
+    state = app_state(request)
     body = await read_model(request, RolloutCreate, _MAX_BODY)
     policy = Policy(
         tuple(body.phases), body.max_failure_rate, body.min_reports, body.phase_seconds, tuple(body.tags)
@@ -113,12 +103,12 @@ async def list_rollouts(
         check_name(package)
     if branch is not None:
         check_name(branch, "branch")
-    rows = await _state(request).repo.rollouts.find(package, branch, state)
+    rows = await app_state(request).repo.rollouts.find(package, branch, state)
     return answer(200, list=[rollout_json(row) for row in rows])
 
 
 async def _get(request: Request, rollout_id: int) -> RolloutRow:
-    row = await _state(request).repo.rollouts.get(rollout_id)
+    row = await app_state(request).repo.rollouts.get(rollout_id)
     if row is None:
         raise NotFoundError(f"no rollout {rollout_id}")
     return row
@@ -130,7 +120,7 @@ async def get_rollout(request: Request, rollout_id: int, _: AdminDep) -> Respons
 
 
 async def _act(request: Request, rollout_id: int, action: Action, reason: str | None = None) -> Response:
-    state = _state(request)
+    state = app_state(request)
     row = await state.repo.rollouts.apply(await _get(request, rollout_id), action, reason, now=time.time())
     await ended_caches(state)
     return answer(200, rollout=rollout_json(row))
