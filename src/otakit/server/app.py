@@ -14,7 +14,7 @@ from fastapi.responses import Response
 import otakit
 from otakit.server.deps import State
 from otakit.server.filestore import LocalFileStore
-from otakit.server.latest_cache import LatestCache
+from otakit.server.latest_cache import LatestCache, StampCache
 from otakit.server.periodic import Periodic
 from otakit.server.publish import recover
 from otakit.server.repository import open_repository
@@ -46,8 +46,14 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             if report.journals or report.objects or report.incoming:
                 log.warning("%s", report)
             seen = SeenBuffer(repo.devices.touch)
+            max_age = settings.latest_cache_seconds
             app.state.otakit = State(
-                settings, repo, store, LatestCache(max_age=settings.latest_cache_seconds), seen
+                settings,
+                repo,
+                store,
+                LatestCache(max_age=max_age),
+                seen,
+                StampCache(max_entries=100_000, max_age=max_age),
             )
 
             async def advance_due() -> None:
@@ -82,6 +88,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     app.add_exception_handler(OSError, storage_error)
     versions.add_latest_version(app)
+    devices.add_heartbeat(app)
     for router in (
         meta.router,
         versions.router,

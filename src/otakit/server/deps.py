@@ -6,11 +6,12 @@ import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import Depends, Request
 
 from otakit.errors import AuthError
 from otakit.server.filestore import FileStore
-from otakit.server.latest_cache import LatestCache
+from otakit.server.latest_cache import LatestCache, StampCache
 from otakit.server.repository import Repository
 from otakit.server.seen import SeenBuffer
 from otakit.server.settings import ServerSettings
@@ -26,6 +27,7 @@ __all__ = [
     "StoreDep",
     "app_state",
     "bearer_token",
+    "ended_caches",
     "require_admin",
     "require_publisher",
     "token_valid",
@@ -39,6 +41,9 @@ class State:
     store: FileStore
     latest: LatestCache
     seen: SeenBuffer
+    # The fleet's hot paths (device tokens, released rows, active rollouts, device views), under the
+    # same stamp as ``latest``: every change that matters to them replaces it.
+    cache: StampCache[object]
 
 
 def app_state(request: Request) -> State:
@@ -49,6 +54,12 @@ def app_state(request: Request) -> State:
 
 # Dependencies are ``async def`` although they do no I/O: FastAPI runs a plain ``def`` dependency in a
 # worker thread, a hop that cost more than the rest of a /latestVersion answer.
+async def ended_caches(state: State) -> None:
+    """Before a change's 200: no process answers from a cache (``/latestVersion``, the fleet's hot
+    paths) made before it."""
+    await anyio.to_thread.run_sync(state.store.bump_stamp)
+
+
 async def _repo(request: Request) -> Repository:
     return app_state(request).repo
 

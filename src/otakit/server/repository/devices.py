@@ -49,8 +49,10 @@ class DeviceFilter:
     online: bool | None = None
     seen_after: float = 0.0
 
-    def sql(self) -> tuple[str, list[object]]:
-        """``FROM … WHERE …`` (without the keyset condition) and its parameters."""
+    def sql(self) -> tuple[str, list[object], str]:
+        """``FROM … WHERE …`` (without the keyset condition), its parameters, and the id column to sort
+        and page by: the joined index's own ``device_id`` when there is a join (equal to ``d.id``, but
+        in that index's order, so the database walks it instead of sorting every match)."""
         joins: list[str] = []
         where: list[str] = []
         params: list[object] = []
@@ -75,7 +77,12 @@ class DeviceFilter:
             where.append("d.last_seen >= ?" if self.online else "d.last_seen < ?")
             params.append(self.seen_after)
         sql = "FROM devices d " + " ".join(joins) + (" WHERE " + " AND ".join(where) if where else "")
-        return sql, params
+        order = (
+            "p.device_id"
+            if joins and joins[0].startswith("JOIN device_packages")
+            else ("t.device_id" if joins else "d.id")
+        )
+        return sql, params, order
 
 
 def _lock(device_id: str) -> Lock:
@@ -266,14 +273,14 @@ class Devices:
         self, where: DeviceFilter, *, after: str | None, limit: int
     ) -> tuple[list[DeviceRow], str | None, int]:
         """One page sorted by id (keyset: ids above ``after``), the next page's ``after``, the total."""
-        base, params = where.sql()
+        base, params, order = where.sql()
         keyset: list[object] = []
         condition = ""
         if after is not None:
-            condition = (" AND " if " WHERE " in base else " WHERE ") + "d.id > ?"
+            condition = (" AND " if " WHERE " in base else " WHERE ") + f"{order} > ?"
             keyset.append(after)
         rows = await self.driver.fetch(
-            f"SELECT {_COLUMNS} {base}{condition} ORDER BY d.id LIMIT ?", (*params, *keyset, limit + 1)
+            f"SELECT {_COLUMNS} {base}{condition} ORDER BY {order} LIMIT ?", (*params, *keyset, limit + 1)
         )
         total_row = await self.driver.fetch_one(f"SELECT COUNT(*) {base}", params)
         total = int(total_row[0]) if total_row else 0

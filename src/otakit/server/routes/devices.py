@@ -8,8 +8,7 @@ import secrets
 import time
 from typing import Annotated, Any
 
-import anyio.to_thread
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 
 from otakit.errors import AuthError, ConflictError, ForbiddenError, NotFoundError
@@ -28,7 +27,8 @@ from otakit.protocol import (
 )
 from otakit.server.bodies import read_model
 from otakit.server.db import Transaction
-from otakit.server.deps import AdminDep, State, app_state, bearer_token, token_valid
+from otakit.server.deps import AdminDep, State, app_state, bearer_token, ended_caches, token_valid
+from otakit.server.fastroute import add_request_route
 from otakit.server.repository.devices import DeviceFilter, DeviceRow
 from otakit.versions import parse_version
 from otakit.web import answer, iso_utc
@@ -58,8 +58,16 @@ async def _device(request: Request, device_id: str) -> str:
     token = bearer_token(request)
     if not token:
         raise AuthError("a device token is required: send 'Authorization: Bearer <token>'")
-    owner = await app_state(request).repo.devices.by_token(token_hash(token))
-    if owner is None:
+    state = app_state(request)
+    key = ("token", token_hash(token))
+    stamp = state.store.stamp()
+    found, owner = state.cache.lookup(key, stamp)
+    if not found:
+        # Cached under the stamp, which a device's deletion replaces: a deleted token opens nothing.
+        owner = await state.repo.devices.by_token(key[1])
+        if owner is not None:
+            state.cache.keep(key, stamp, owner)
+    if not isinstance(owner, str):
         raise AuthError("the device token is not valid (enroll again)")
     if owner != device_id:
         raise ForbiddenError("this device token belongs to another device")
@@ -114,18 +122,39 @@ async def register(request: Request) -> Response:
     )
 
 
-@router.post(
-    "/{device_id}/heartbeat",
-    summary="A device is alive (and what it runs, when it changed)",
-    responses=_ok(HeartbeatAnswer),
-)
-async def heartbeat(request: Request, device_id: DeviceDep) -> Response:
+async def heartbeat(request: Request) -> Response:
+    """The fleet's hot path, a route of its own (``add_heartbeat``): the token (one cached lookup),
+    the optional body, ``last_seen`` marked in memory."""
     state = app_state(request)
+    device_id = await _device(request, request.path_params["device_id"])
     body = await read_model(request, Heartbeat, _MAX_BODY, empty_ok=True)
     if body.model_fields_set and not await state.repo.devices.update(device_id, body):
         raise AuthError("the device token is not valid (enroll again)")
     state.seen.mark(device_id, time.time())
     return answer(200, heartbeat_seconds=state.settings.heartbeat_seconds)
+
+
+def add_heartbeat(app: FastAPI) -> None:
+    add_request_route(
+        app,
+        f"{DEVICES}/{{device_id}}/heartbeat",
+        heartbeat,
+        methods=["POST"],
+        tags=["devices"],
+        summary="A device is alive (and what it runs, when it changed)",
+        description=(
+            "With the device's own token. An optional JSON body with any of `packages`"
+            " ([{package, branch, version}]), `tags`, `attributes` and `description` replaces them; an"
+            " empty body only marks the device seen. 401 for an unknown token (enroll again), 403 for"
+            " another device's."
+        ),
+        openapi_extra={
+            "parameters": [
+                {"name": "device_id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ]
+        },
+        responses=_ok(HeartbeatAnswer),
+    )
 
 
 @router.post(
@@ -144,7 +173,7 @@ async def report(request: Request, device_id: DeviceDep) -> Response:
 
     await state.repo.devices.add_report(device_id, job, now=now, then=count)
     if paused:  # an automatic pause: nobody new is offered the version, in any process
-        await anyio.to_thread.run_sync(state.store.bump_stamp)
+        await ended_caches(state)
     return answer(200)
 
 
@@ -200,15 +229,19 @@ async def get_device(request: Request, device_id: str, _: AdminDep) -> Response:
 @router.post("/{device_id}/accept", summary="Accept a pending device (manual approval)", responses=_ok(Done))
 async def accept(request: Request, device_id: str, _: AdminDep) -> Response:
     check_name(device_id, "device")
-    if not await app_state(request).repo.devices.accept(device_id):
+    state = app_state(request)
+    if not await state.repo.devices.accept(device_id):
         raise NotFoundError(f"no device {device_id}")
+    await ended_caches(state)
     return answer(200)
 
 
 async def _pin(request: Request, device_id: str, pinned: bool) -> Response:
     check_name(device_id, "device")
-    if not await app_state(request).repo.devices.set_pinned(device_id, pinned):
+    state = app_state(request)
+    if not await state.repo.devices.set_pinned(device_id, pinned):
         raise NotFoundError(f"no device {device_id}")
+    await ended_caches(state)
     return answer(200)
 
 
@@ -229,4 +262,5 @@ async def delete(request: Request, device_id: str, _: AdminDep) -> Response:
     if not await state.repo.devices.delete(device_id):
         raise NotFoundError(f"no device {device_id}")
     state.seen.forget(device_id)
+    await ended_caches(state)  # its token, and what it was offered, are forgotten in every process
     return answer(200)

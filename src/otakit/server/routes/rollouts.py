@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
@@ -19,7 +18,7 @@ from otakit.names import check_name
 from otakit.protocol import ROLLOUTS, RolloutAnswer, RolloutCreate, RolloutList
 from otakit.rollout import OPERATOR_PAUSE, Action, Policy, Rollout
 from otakit.server.bodies import read_model
-from otakit.server.deps import AdminDep, State, app_state
+from otakit.server.deps import AdminDep, app_state, ended_caches
 from otakit.server.repository.rollouts import RolloutRow
 from otakit.server.repository.versions import VersionKey
 from otakit.versions import parse_version, version_key
@@ -55,11 +54,6 @@ def rollout_json(row: RolloutRow) -> dict[str, Any]:
         },
         "failure_rate": row.counts.failure_rate,
     }
-
-
-async def ended_caches(state: State) -> None:
-    """Before a change's 200: no process answers ``/latestVersion`` from a cache made before it."""
-    await anyio.to_thread.run_sync(state.store.bump_stamp)
 
 
 @router.post(

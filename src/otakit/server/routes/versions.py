@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import Response
-from fastapi.routing import APIRoute
 
 from otakit.errors import NotFoundError
 from otakit.names import MAX_NAME_LENGTH, NAME_PATTERN, check_name
-from otakit.rollout import StoredVersion, offer
+from otakit.rollout import Device, StoredVersion, offer
 from otakit.server.deps import RepoDep, State
+from otakit.server.fastroute import add_request_route
 from otakit.server.repository import VersionKey, VersionRow
+from otakit.server.repository.rollouts import RolloutRow
 from otakit.versions import MAX_VERSION_LENGTH, version_key
 from otakit.web import answer, body_etag, etag_matches, json_answer
 
 router = APIRouter(tags=["versions"])
+_T = TypeVar("_T")
 
 # The schema documents the rule; ``check_name`` enforces it, with its own message (a 400).
 _NAME_LIMITS: dict[str, Any] = {"maxLength": MAX_NAME_LENGTH, "pattern": NAME_PATTERN}
@@ -77,15 +79,6 @@ _LATEST_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-class _RequestRoute(APIRoute):
-    """A route whose endpoint takes the ``Request`` and returns its ``Response``, nothing else: it is in
-    the OpenAPI page like any other, but its requests skip FastAPI's parameter and answer machinery."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        endpoint: Callable[[Request], Coroutine[Any, Any, Response]] = self.endpoint
-        return endpoint
-
-
 async def latest_version(request: Request) -> Response:
     """The hot path of every polling device: FastAPI's machinery cost most of the time of an answer,
     so the route reads its query itself (``_LATEST_PARAMETERS`` documents it) and serves from the
@@ -119,36 +112,60 @@ def _body(row: VersionRow) -> tuple[bytes, str]:
     return body, body_etag(body)
 
 
+async def _cached(state: State, stamp: object, key: tuple[str, ...], load: Callable[[], Awaitable[_T]]) -> _T:
+    found, value = state.cache.lookup(key, stamp)
+    if not found:
+        value = await load()
+        state.cache.keep(key, stamp, value)
+    return value  # type: ignore[return-value]
+
+
 async def offered_to(state: State, package: str, branch: str, device_id: str) -> tuple[bytes, str]:
     """The answer for an identified device (``otakit.rollout.offer``): a running rollout's version when
-    the device is in its cohort, what it runs when pinned, else the highest released version."""
+    the device is in its cohort, what it runs when pinned, else the highest released version.
+
+    What it reads is cached under the store's stamp (see ``latest_cache``), which every upload,
+    release, rollout change and device change replaces: a steady fleet's polls cost no query.
+    """
     repo = state.repo
-    device = await repo.devices.offer_view(device_id, package)
-    active = await repo.rollouts.active(package, branch) if device is not None else None
-    released = await repo.latest(package, branch)
+    stamp = state.store.stamp()
+    device: Device | None = await _cached(
+        state, stamp, ("view", device_id, package), lambda: repo.devices.offer_view(device_id, package)
+    )
+    active: RolloutRow | None = None
+    if device is not None:
+        active = await _cached(
+            state, stamp, ("rollout", package, branch), lambda: repo.rollouts.active(package, branch)
+        )
+    released: VersionRow | None = await _cached(
+        state, stamp, ("released", package, branch), lambda: repo.latest(package, branch)
+    )
     stored = None
     if device is not None and device.pinned and device.runs is not None:
         stored = [StoredVersion(r.version, r.released) for r in await repo.list_versions(package, branch)]
     chosen = offer(device, active.rules if active else None, released.version if released else None, stored)
-    if chosen is None:
+    row = released
+    if chosen is not None and (released is None or chosen != released.version):
+        key = VersionKey(package, branch, version_key(chosen))
+        row = await _cached(state, stamp, ("row", package, branch, key.version_key), lambda: repo.get(key))
+    if chosen is None or row is None:  # none, or deleted since it was chosen
         raise NotFoundError(f"no version of {package} on branch {branch} for device {device_id}")
-    if released is not None and chosen == released.version:
-        return _body(released)
-    row = await repo.get(VersionKey(package, branch, version_key(chosen)))
-    if row is None:  # deleted since it was chosen
-        raise NotFoundError(f"no version of {package} on branch {branch} for device {device_id}")
-    return _body(row)
+    found, answer_of_row = state.cache.lookup(("answer", row.object_id), stamp)
+    if not found:
+        answer_of_row = _body(row)
+        state.cache.keep(("answer", row.object_id), stamp, answer_of_row)
+    return answer_of_row  # type: ignore[return-value]
 
 
 def add_latest_version(app: FastAPI) -> None:
     """Register ``/latestVersion`` on ``app`` itself rather than on ``router``: FastAPI matches the
     routes of an included router twice a request, which cost this route some 15 % of its requests/s
     (``bench/latest_version.py``)."""
-    app.router.add_api_route(
+    add_request_route(
+        app,
         "/latestVersion",
         latest_version,
         methods=["GET"],
-        route_class_override=_RequestRoute,
         tags=["versions"],
         summary="The highest version of a package on a branch",
         description=(
