@@ -81,10 +81,16 @@ def daemons(
     return apis
 
 
-def test_a_rollout_reaches_its_cohort_only_and_pauses_on_real_failures(
-    fleet: RunningServer, tmp_path: Path, pkg: str
-) -> None:
+@pytest.fixture
+def publisher(fleet: RunningServer, tmp_path: Path) -> Iterator[Publisher]:
     publisher = Publisher(fleet, tmp_path / "publish")
+    yield publisher
+    publisher.close()
+
+
+def test_a_rollout_reaches_its_cohort_only_and_pauses_on_real_failures(
+    fleet: RunningServer, publisher: Publisher, tmp_path: Path, pkg: str
+) -> None:
     inside, outside = ids_by_cohort(pkg, "2.0", 50, inside=3, outside=1)
     publisher.publish(pkg, "1.0")
     publisher.publish(pkg, "2.0", hold=True, after="exit 3")  # every install of it fails
@@ -121,14 +127,21 @@ def test_a_rollout_reaches_its_cohort_only_and_pauses_on_real_failures(
             assert api.version(pkg) == "1.0", device
         device = httpx.get(f"{fleet.url}/api/v1/devices/{inside[0]}", headers=ADMIN).json()["device"]
         assert device["jobs"][pkg]["state"] == "rolled_back"
-        assert device["packages"] == [{"package": pkg, "branch": "major", "version": "1.0"}]
-    publisher.close()
+        runs = [{"package": pkg, "branch": "major", "version": "1.0"}]
+        wait_for(  # the inventory arrives with the next heartbeat (every second)
+            "the inventory",
+            lambda: (
+                httpx.get(f"{fleet.url}/api/v1/devices/{inside[0]}", headers=ADMIN).json()["device"][
+                    "packages"
+                ]
+                == runs
+            ),
+        )
 
 
 def test_a_good_version_reaches_the_cohort_then_everyone(
-    fleet: RunningServer, tmp_path: Path, pkg: str
+    fleet: RunningServer, publisher: Publisher, tmp_path: Path, pkg: str
 ) -> None:
-    publisher = Publisher(fleet, tmp_path / "publish")
     inside, outside = ids_by_cohort(pkg, "2.0", 50, inside=1, outside=1)
     publisher.publish(pkg, "1.0")
     publisher.publish(pkg, "2.0", hold=True)
@@ -146,4 +159,3 @@ def test_a_good_version_reaches_the_cohort_then_everyone(
         assert done["rollout"]["state"] == "completed"
         apis[outside[0]].run_job("POST", "/check")
         wait_for("everyone updated", lambda: apis[outside[0]].version(pkg) == "2.0")
-    publisher.close()
