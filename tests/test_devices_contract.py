@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 from collections.abc import AsyncIterator
 
 import pytest
 
 from otakit.errors import ConflictError
 from otakit.protocol import DeviceUpdate, JobReport, PackageRef
+from otakit.server.db.migrations import load_migrations
 from otakit.server.repository import open_repository
 from otakit.server.repository.devices import DeviceFilter, Devices
+from otakit.versions import version_key
 
 pytestmark = pytest.mark.anyio
 
@@ -188,3 +192,89 @@ async def test_concurrent_reports_of_one_device_are_all_kept(devices: Devices) -
     row = await devices.get("d")
     assert row is not None
     assert row.jobs["app"]["id"] == "j" + str(max(range(20), key=lambda n: seqs[n] or 0))
+
+
+async def test_kept_totals_equal_counting(devices: Devices) -> None:
+    """Whatever happens to devices, every total the list gives from a kept count equals COUNT(*)."""
+    rng = random.Random(7)
+    names = [f"d{n}" for n in range(12)]
+    tags = ["a", "b", "c"]
+
+    def inventory() -> DeviceUpdate:
+        refs = [
+            (p, rng.choice(["major", "beta"]), rng.choice(["1.0", "1.0.0", "2.0"]))
+            for p in ("app", "base")
+            if rng.random() < 0.7
+        ]
+        return about(*refs, tags=rng.sample(tags, rng.randint(0, 2)))
+
+    filters = [
+        DeviceFilter(), DeviceFilter(state="pending"), DeviceFilter(state="accepted"),
+        *(DeviceFilter(tag=t) for t in tags),
+        *(DeviceFilter(package=p, branch=b, version=v)
+          for p in ("app", "base") for b in (None, "beta") for v in (None, "1.0", "2.0")),
+    ]  # fmt: skip
+    for step in range(120):
+        device = rng.choice(names)
+        action = rng.choice(["register", "update", "update", "accept", "delete"])
+        if action == "register":
+            with contextlib.suppress(ConflictError):
+                await devices.register(
+                    device,
+                    inventory(),
+                    token_hash=f"{step:064d}",
+                    state=rng.choice(["pending", "accepted"]),
+                    now=step,
+                )
+        elif action == "update":
+            await devices.update(device, inventory())
+        elif action == "accept":
+            await devices.accept(device)
+        else:
+            await devices.delete(device)
+        if step % 10 == 9:
+            for where in filters:
+                _, _, total = await devices.page(where, after=None, limit=1000)
+                base, params, _ = where.sql()
+                row = await devices.driver.fetch_one(f"SELECT COUNT(*) {base}", params)
+                assert row is not None
+                assert total == row[0], (step, where)
+
+
+async def test_an_existing_fleet_gets_its_totals_at_upgrade(repo_url: str) -> None:
+    migrations = load_migrations("sqlite" if repo_url.startswith("sqlite:") else "mysql")
+    before = [m for m in migrations if m.number < 5]
+    async with open_repository(repo_url) as repository:
+        # A database of the release before the kept totals, with devices in it.
+        async with repository.driver.transaction() as tx:
+            await repository.driver.create_migrations_table(tx)
+            for migration in before:
+                for statement in migration.statements:
+                    await tx.execute(statement)
+                await tx.execute(
+                    "INSERT INTO otakit_migrations (number, name) VALUES (?, ?)",
+                    (migration.number, migration.name),
+                )
+        old = Devices(repository.driver)
+        for n, state in enumerate(("accepted", "pending", "accepted")):
+            async with repository.driver.transaction() as tx:  # as the release before wrote them
+                await tx.execute(
+                    "INSERT INTO devices (id, description, tags, attributes, state, pinned, token_hash,"
+                    " registered, last_seen) VALUES (?, '', '[]', '{}', ?, 0, ?, 1, 1)",
+                    (f"d{n}", state, f"{n:064d}"),
+                )
+                await tx.execute("INSERT INTO device_tags (device_id, tag) VALUES (?, 't')", (f"d{n}",))
+                await tx.execute(
+                    "INSERT INTO device_packages (device_id, package, branch, version, version_key)"
+                    " VALUES (?, 'app', 'major', '1.0', ?)",
+                    (f"d{n}", version_key("1.0")),
+                )
+        assert await repository.upgrade() == [m.name for m in migrations if m.number >= 5]
+        for where, expected in (
+            (DeviceFilter(), 3), (DeviceFilter(state="pending"), 1), (DeviceFilter(tag="t"), 3),
+            (DeviceFilter(package="app", version="1.0.0"), 3),
+            (DeviceFilter(package="app", branch="beta"), 0),
+        ):  # fmt: skip
+            assert (await old.page(where, after=None, limit=10))[2] == expected, where
+        await old.delete("d0")
+        assert (await old.page(DeviceFilter(package="app"), after=None, limit=10))[2] == 2

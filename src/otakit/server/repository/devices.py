@@ -7,6 +7,7 @@ token is never stored: only its sha256, looked up by a unique index.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from otakit.protocol import DeviceUpdate, JobReport, PackageRef
 from otakit.rollout import Device
 from otakit.server.db import Driver, Lock, Params, Transaction
+from otakit.server.repository import device_totals as totals
 from otakit.versions import version_key
 
 __all__ = ["DeviceFilter", "DeviceRow", "Devices"]
@@ -134,6 +136,7 @@ class Devices:
                 ),
             )
             await self._write_inventory(tx, device_id, about)
+            await totals.move(tx, Counter(), await totals.dims_of(tx, device_id))
         found = await self.get(device_id)
         assert found is not None
         return found
@@ -146,7 +149,8 @@ class Devices:
     async def update(self, device_id: str, about: DeviceUpdate) -> bool:
         """Store what the device said about itself (fields left out stay); False if it is gone."""
         async with self.driver.transaction(_lock(device_id)) as tx:
-            if await tx.fetch_one("SELECT id FROM devices WHERE id = ?", (device_id,)) is None:
+            before = await totals.dims_of(tx, device_id)
+            if not before:
                 return False
             sets: list[str] = []
             params: list[object] = []
@@ -162,6 +166,8 @@ class Devices:
             if sets:
                 await tx.execute(f"UPDATE devices SET {', '.join(sets)} WHERE id = ?", (*params, device_id))
             await self._write_inventory(tx, device_id, about)
+            if about.tags is not None or about.packages is not None:
+                await totals.move(tx, before, await totals.dims_of(tx, device_id))
         return True
 
     async def _write_inventory(self, tx: Transaction, device_id: str, about: DeviceUpdate) -> None:
@@ -282,8 +288,15 @@ class Devices:
         rows = await self.driver.fetch(
             f"SELECT {_COLUMNS} {base}{condition} ORDER BY {order} LIMIT ?", (*params, *keyset, limit + 1)
         )
-        total_row = await self.driver.fetch_one(f"SELECT COUNT(*) {base}", params)
-        total = int(total_row[0]) if total_row else 0
+        dim = totals.dim_of(
+            package=where.package, branch=where.branch, version=where.version, tag=where.tag,
+            state=where.state, online=where.online,
+        )  # fmt: skip
+        if dim is not None:
+            total = await totals.count_of(self.driver, dim)
+        else:
+            total_row = await self.driver.fetch_one(f"SELECT COUNT(*) {base}", params)
+            total = int(total_row[0]) if total_row else 0
         devices = await self._complete([_device(row) for row in rows[:limit]])
         following = devices[-1].id if len(rows) > limit else None
         return devices, following, total
@@ -297,7 +310,10 @@ class Devices:
         return [{**json.loads(_text(body)), "received": float(at)} for body, at in rows]
 
     async def accept(self, device_id: str) -> bool:
-        done = await self.driver.execute("UPDATE devices SET state = 'accepted' WHERE id = ?", (device_id,))
+        async with self.driver.transaction(_lock(device_id)) as tx:
+            before = await totals.dims_of(tx, device_id)
+            done = await tx.execute("UPDATE devices SET state = 'accepted' WHERE id = ?", (device_id,))
+            await totals.move(tx, before, await totals.dims_of(tx, device_id))
         return done.rowcount > 0
 
     async def set_pinned(self, device_id: str, pinned: bool) -> bool:
@@ -309,6 +325,7 @@ class Devices:
     async def delete(self, device_id: str) -> bool:
         """Remove the record, inventory, reports and token: the id may enroll again."""
         async with self.driver.transaction(_lock(device_id)) as tx:
+            await totals.move(tx, await totals.dims_of(tx, device_id), Counter())
             done = await tx.execute("DELETE FROM devices WHERE id = ?", (device_id,))
             for table in ("device_packages", "device_tags", "device_jobs", "reports"):
                 await tx.execute(f"DELETE FROM {table} WHERE device_id = ?", (device_id,))
