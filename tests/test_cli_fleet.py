@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ from otakit.cli.main import app
 from tests.api_client import upload
 from tests.samples import content_for, make_zip
 from tests.servers import RunningServer, free_port, run_server
+from tests.terminal import on_a_terminal
 
 runner = CliRunner()
 OTAKIT = str(Path(sys.executable).with_name("otakit"))  # the installed entry point
@@ -380,33 +379,14 @@ def test_errors_are_one_line(server: RunningServer, http: httpx.Client, tag: str
         assert "cannot reach the server" in one_line_error(*run(server, *args, OTAKIT_SERVER=down))
 
 
-def _on_a_terminal(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal, env=env)
-    os.close(terminal)
-    output = b""
-    try:
-        while True:
-            try:
-                piece = os.read(controller, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not piece:
-                break
-            output += piece
-    finally:
-        os.close(controller)
-    return process.wait(60), output.decode(errors="replace")
-
-
-def test_tables_on_a_terminal(server: RunningServer, three: list[str], tag: str) -> None:
+def test_tableson_a_terminal(server: RunningServer, three: list[str], tag: str) -> None:
     env = os.environ | {
         "OTAKIT_SERVER": server.url,
         "OTAKIT_ADMIN_TOKEN": "admin-token",
         "COLUMNS": "200",
         "TERM": "xterm",
     }
-    code, output = _on_a_terminal([OTAKIT, "devices", "--tag", tag], env)
+    code, output = on_a_terminal([OTAKIT, "devices", "--tag", tag], env)
     assert code == 0, output
     for device in three:
         assert device in output
@@ -415,7 +395,7 @@ def test_tables_on_a_terminal(server: RunningServer, three: list[str], tag: str)
     assert "● online" in output
     assert "\x1b[" in output  # styled: it is a terminal
     assert "┃" in output or "│" in output  # Rich's table
-    code, output = _on_a_terminal([OTAKIT, "device", three[0]], env)
+    code, output = on_a_terminal([OTAKIT, "device", three[0]], env)
     assert code == 0, output
     assert three[0] in output
     assert "accepted" in output

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pty
 import re
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from tests.servers import RunningServer
+from tests.terminal import on_a_terminal
 
 SIZE = 24 * 1024 * 1024
 
@@ -35,29 +35,10 @@ def _upload_argv(zip_path: Path, content: Path, url: str) -> list[str]:
     return [sys.executable, "-m", "otakit", "upload", str(zip_path), "-c", str(content), "-s", url]
 
 
-def _on_a_terminal(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal, env=env)
-    os.close(terminal)
-    output = b""
-    try:
-        while True:
-            try:
-                piece = os.read(controller, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not piece:
-                break
-            output += piece
-    finally:
-        os.close(controller)
-    return process.wait(60), output.decode(errors="replace")
-
-
-def test_progress_bar_on_a_terminal(sqlite_server: RunningServer, tmp_path: Path, pkg: str) -> None:
+def test_progress_baron_a_terminal(sqlite_server: RunningServer, tmp_path: Path, pkg: str) -> None:
     zip_path, content = _package(tmp_path, pkg)
     env = os.environ | {"OTAKIT_TOKEN": "test-token", "COLUMNS": "120", "TERM": "xterm"}
-    code, output = _on_a_terminal(_upload_argv(zip_path, content, sqlite_server.url), env)
+    code, output = on_a_terminal(_upload_argv(zip_path, content, sqlite_server.url), env)
     assert code == 0, output
     assert f"published {pkg} 1.0" in output
     assert "━" in output  # Rich's bar
