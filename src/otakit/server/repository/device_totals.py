@@ -13,6 +13,7 @@ from collections import Counter
 
 from otakit.errors import ConflictError
 from otakit.server.db import Queries, Transaction
+from otakit.server.db.columns import integer, text
 from otakit.versions import version_key
 
 __all__ = ["Dim", "count_of", "dim_of", "dims_of", "move"]
@@ -25,14 +26,13 @@ async def dims_of(tx: Transaction, device_id: str) -> Counter[Dim]:
     found = await tx.fetch_one("SELECT state FROM devices WHERE id = ?", (device_id,))
     if found is None:
         return Counter()
-    state = found[0].decode() if isinstance(found[0], bytes | bytearray) else str(found[0])
-    dims: Counter[Dim] = Counter({("all", ""): 1, ("state", state): 1})
+    dims: Counter[Dim] = Counter({("all", ""): 1, ("state", text(found[0])): 1})
     for (tag,) in await tx.fetch("SELECT tag FROM device_tags WHERE device_id = ?", (device_id,)):
-        dims[("tag", _text(tag))] += 1
+        dims[("tag", text(tag))] += 1
     for package, branch, key in await tx.fetch(
         "SELECT package, branch, version_key FROM device_packages WHERE device_id = ?", (device_id,)
     ):
-        p, b, k = _text(package), _text(branch), _text(key)
+        p, b, k = text(package), text(branch), text(key)
         for dim in (("p", p), ("pv", f"{p}/{k}"), ("pb", f"{p}/{b}"), ("pbv", f"{p}/{b}/{k}")):
             dims[dim] += 1
     return dims
@@ -89,8 +89,4 @@ def dim_of(
 
 async def count_of(queries: Queries, dim: Dim) -> int:
     row = await queries.fetch_one("SELECT n FROM device_totals WHERE dim = ? AND value = ?", dim)
-    return int(row[0]) if row else 0
-
-
-def _text(value: object) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes | bytearray) else str(value)
+    return integer(row[0]) if row else 0

@@ -15,6 +15,7 @@ from typing import Any
 from otakit.protocol import DeviceUpdate, JobReport, PackageRef
 from otakit.rollout import Device
 from otakit.server.db import Driver, Lock, Params, Transaction
+from otakit.server.db.columns import integer, number, text
 from otakit.server.repository import device_totals as totals
 from otakit.versions import version_key
 
@@ -58,6 +59,7 @@ class DeviceFilter:
         joins: list[str] = []
         where: list[str] = []
         params: list[object] = []
+        order = "d.id"
         if self.package is not None or self.branch is not None or self.version is not None:
             on = ["p.device_id = d.id"]
             for column, value in (
@@ -69,9 +71,11 @@ class DeviceFilter:
                     on.append(f"p.{column} = ?")
                     params.append(value)
             joins.append("JOIN device_packages p ON " + " AND ".join(on))
+            order = "p.device_id"
         if self.tag is not None:
             joins.append("JOIN device_tags t ON t.device_id = d.id AND t.tag = ?")
             params.append(self.tag)
+            order = "t.device_id" if order == "d.id" else order
         if self.state is not None:
             where.append("d.state = ?")
             params.append(self.state)
@@ -79,11 +83,6 @@ class DeviceFilter:
             where.append("d.last_seen >= ?" if self.online else "d.last_seen < ?")
             params.append(self.seen_after)
         sql = "FROM devices d " + " ".join(joins) + (" WHERE " + " AND ".join(where) if where else "")
-        order = (
-            "p.device_id"
-            if joins and joins[0].startswith("JOIN device_packages")
-            else ("t.device_id" if joins else "d.id")
-        )
         return sql, params, order
 
 
@@ -91,21 +90,17 @@ def _lock(device_id: str) -> Lock:
     return Lock(("device", device_id), f"device {device_id} is busy; try again")
 
 
-def _text(value: object) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes | bytearray) else str(value)
-
-
 def _device(values: Sequence[object]) -> DeviceRow:
     device_id, description, tags, attributes, state, pinned, registered, last_seen = values
     return DeviceRow(
-        _text(device_id),
-        _text(description),
-        json.loads(_text(tags)),
-        json.loads(_text(attributes)),
-        _text(state),
+        text(device_id),
+        text(description),
+        json.loads(text(tags)),
+        json.loads(text(attributes)),
+        text(state),
         bool(pinned),
-        float(registered),  # type: ignore[arg-type]
-        float(last_seen),  # type: ignore[arg-type]
+        number(registered),
+        number(last_seen),
     )
 
 
@@ -144,13 +139,19 @@ class Devices:
     async def by_token(self, token_hash: str) -> str | None:
         """The id of the device whose token has this sha256, or None."""
         row = await self.driver.fetch_one("SELECT id FROM devices WHERE token_hash = ?", (token_hash,))
-        return None if row is None else _text(row[0])
+        return None if row is None else text(row[0])
 
     async def update(self, device_id: str, about: DeviceUpdate) -> bool:
         """Store what the device said about itself (fields left out stay); False if it is gone."""
         async with self.driver.transaction(_lock(device_id)) as tx:
-            before = await totals.dims_of(tx, device_id)
-            if not before:
+            # What the kept totals count (tags, packages) is read only when it may change.
+            before: Counter[totals.Dim] | None = None
+            if about.tags is not None or about.packages is not None:
+                before = await totals.dims_of(tx, device_id)
+                exists = bool(before)
+            else:
+                exists = await tx.fetch_one("SELECT id FROM devices WHERE id = ?", (device_id,)) is not None
+            if not exists:
                 return False
             sets: list[str] = []
             params: list[object] = []
@@ -166,7 +167,7 @@ class Devices:
             if sets:
                 await tx.execute(f"UPDATE devices SET {', '.join(sets)} WHERE id = ?", (*params, device_id))
             await self._write_inventory(tx, device_id, about)
-            if about.tags is not None or about.packages is not None:
+            if before is not None:
                 await totals.move(tx, before, await totals.dims_of(tx, device_id))
         return True
 
@@ -261,10 +262,10 @@ class Devices:
         state, pinned, tags, runs = row
         return Device(
             device_id,
-            "pending" if _text(state) == "pending" else "accepted",
+            "pending" if text(state) == "pending" else "accepted",
             bool(pinned),
-            frozenset(json.loads(_text(tags))),
-            None if runs is None else _text(runs),
+            frozenset(json.loads(text(tags))),
+            None if runs is None else text(runs),
         )
 
     # -- the operator's ------------------------------------------------------------------------------
@@ -296,7 +297,7 @@ class Devices:
             total = await totals.count_of(self.driver, dim)
         else:
             total_row = await self.driver.fetch_one(f"SELECT COUNT(*) {base}", params)
-            total = int(total_row[0]) if total_row else 0
+            total = integer(total_row[0]) if total_row else 0
         devices = await self._complete([_device(row) for row in rows[:limit]])
         following = devices[-1].id if len(rows) > limit else None
         return devices, following, total
@@ -307,7 +308,7 @@ class Devices:
             "SELECT body, received FROM reports WHERE device_id = ? ORDER BY seq DESC LIMIT ?",
             (device_id, limit),
         )
-        return [{**json.loads(_text(body)), "received": float(at)} for body, at in rows]
+        return [{**json.loads(text(body)), "received": number(at)} for body, at in rows]
 
     async def accept(self, device_id: str) -> bool:
         async with self.driver.transaction(_lock(device_id)) as tx:
@@ -343,13 +344,13 @@ class Devices:
             " ORDER BY device_id, package",
             params,
         ):
-            by_id[_text(device_id)].packages.append(
-                {"package": _text(package), "branch": _text(branch), "version": _text(version)}
+            by_id[text(device_id)].packages.append(
+                {"package": text(package), "branch": text(branch), "version": text(version)}
             )
         for device_id, package, body in await self.driver.fetch(
             "SELECT j.device_id, j.package, r.body FROM device_jobs j JOIN reports r ON r.seq = j.report_seq"
             f" WHERE j.device_id IN ({marks})",
             params,
         ):
-            by_id[_text(device_id)].jobs[_text(package)] = json.loads(_text(body))
+            by_id[text(device_id)].jobs[text(package)] = json.loads(text(body))
         return devices

@@ -19,12 +19,14 @@ from otakit.rollout import (
     Policy,
     Position,
     Rollout,
+    RolloutState,
     classify,
     pause_reason,
     should_pause,
     transition,
 )
 from otakit.server.db import Driver, Transaction
+from otakit.server.db.columns import integer, number, text
 from otakit.versions import version_key
 
 __all__ = ["RolloutRow", "Rollouts"]
@@ -46,7 +48,7 @@ class RolloutRow:
     version_key: str
     policy: Policy
     phase: int
-    state: str
+    state: RolloutState
     paused_reason: str | None
     created: float
     updated: float
@@ -56,43 +58,49 @@ class RolloutRow:
 
     @property
     def rules(self) -> Rollout:
-        return Rollout(self.package, self.branch, self.version, self.policy, self.state, self.phase)  # type: ignore[arg-type]
+        return Rollout(self.package, self.branch, self.version, self.policy, self.state, self.phase)
 
     @property
     def active(self) -> bool:
         return self.state in _ACTIVE
 
 
-def _text(value: object) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes | bytearray) else str(value)
-
-
 def _row(values: Sequence[object]) -> RolloutRow:
     (rid, package, branch, version, key, phases, phase, state, reason, rate, minimum, seconds, tags,
      created, updated, started, succeeded, failed, in_progress, revision) = values  # fmt: skip
     policy = Policy(
-        tuple(json.loads(_text(phases))),
-        float(rate),  # type: ignore[arg-type]
-        int(minimum),  # type: ignore[call-overload]
-        None if seconds is None else float(seconds),  # type: ignore[arg-type]
-        tuple(json.loads(_text(tags))),
+        tuple(json.loads(text(phases))),
+        number(rate),
+        integer(minimum),
+        None if seconds is None else number(seconds),
+        tuple(json.loads(text(tags))),
     )
     return RolloutRow(
-        int(rid),  # type: ignore[call-overload]
-        _text(package),
-        _text(branch),
-        _text(version),
-        _text(key),
+        integer(rid),
+        text(package),
+        text(branch),
+        text(version),
+        text(key),
         policy,
-        int(phase),  # type: ignore[call-overload]
-        _text(state),
-        None if reason is None else _text(reason),
-        float(created),  # type: ignore[arg-type]
-        float(updated),  # type: ignore[arg-type]
-        float(started),  # type: ignore[arg-type]
-        Counts(int(succeeded), int(failed), int(in_progress)),  # type: ignore[call-overload]
-        int(revision),  # type: ignore[call-overload]
+        integer(phase),
+        _rollout_state(text(state)),
+        None if reason is None else text(reason),
+        number(created),
+        number(updated),
+        number(started),
+        Counts(integer(succeeded), integer(failed), integer(in_progress)),
+        integer(revision),
     )
+
+
+_STATES: tuple[RolloutState, ...] = ("running", "paused", "completed", "aborted")
+
+
+def _rollout_state(value: str) -> RolloutState:
+    for state in _STATES:
+        if value == state:
+            return state
+    raise ValueError(f"a rollout row in an unknown state {value!r}")
 
 
 def _active_key(package: str, branch: str, state: str) -> str | None:
@@ -187,7 +195,7 @@ class Rollouts:
         """Apply ``action`` to the rollout as ``row`` saw it, compare-and-set; ConflictError (409) when its
         state does not allow it, or when another writer changed it first (so that two operators or two
         servers never advance it twice). The caller ends the cached ``/latestVersion`` answers."""
-        to = transition(row.state, action, row.phase, row.policy.phases)  # type: ignore[arg-type]
+        to = transition(row.state, action, row.phase, row.policy.phases)
         moved = await self.move(row, to, reason=reason if to.state == "paused" else None, now=now)
         if moved is None:
             raise ConflictError(
@@ -238,7 +246,7 @@ class Rollouts:
                 "SELECT outcome FROM rollout_devices WHERE rollout_id = ? AND device_id = ?",
                 (rollout_id, device_id),
             )
-            before = None if old is None else _text(old[0])
+            before = None if old is None else text(old[0])
             if before == outcome:
                 continue
             if before is None:

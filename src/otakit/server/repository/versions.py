@@ -10,6 +10,7 @@ from typing import Any
 
 from otakit.errors import ConflictError
 from otakit.server.db import Driver, Lock, Transaction
+from otakit.server.db.columns import flag, text
 
 __all__ = ["Claim", "VersionKey", "VersionRow", "Versions"]
 
@@ -68,23 +69,9 @@ _LIST = {
 }
 
 
-def _text(value: object) -> str:
-    if isinstance(value, bytes | bytearray):
-        return value.decode("utf-8")
-    if not isinstance(value, str):
-        raise TypeError(f"expected a text column, got {type(value).__name__}")
-    return value
-
-
-def _flag(value: object) -> bool:
-    if not isinstance(value, int):  # SQLite's INTEGER and MySQL's TINYINT(1) both read back as int
-        raise TypeError(f"expected an integer flag column, got {type(value).__name__}")
-    return value != 0
-
-
 def _row(values: Sequence[object]) -> VersionRow:
-    name, branch, version, version_key, content, object_id = map(_text, values[:6])
-    return VersionRow(name, branch, version, version_key, content, object_id, _flag(values[6]))
+    name, branch, version, version_key, content, object_id = map(text, values[:6])
+    return VersionRow(name, branch, version, version_key, content, object_id, flag(values[6]))
 
 
 class Claim:
@@ -223,4 +210,4 @@ class Versions:
     async def object_ids(self) -> AsyncIterator[str]:
         """Every stored row's object id (for recovery and fsck)."""
         for (object_id,) in await self._driver.fetch("SELECT object_id FROM ota"):
-            yield _text(object_id)
+            yield text(object_id)
