@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
@@ -17,6 +16,7 @@ from otakit.content import Content, describe_pydantic_error, load_json_object, p
 from otakit.errors import ValidationError
 from otakit.names import check_name
 from otakit.signing import parse_public_key
+from otakit.urls import http_base
 
 __all__ = ["ApiListen", "DeviceConfig", "parse_device_config"]
 
@@ -90,11 +90,9 @@ class DeviceConfig(BaseModel):
         if not value:
             return None
         try:
-            url = httpx.URL(value)
-        except httpx.InvalidURL:
-            url = None
-        if url is None or url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"invalid registry {value!r}: expected an http:// or https:// URL")
+            http_base(value, "registry")
+        except ValidationError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("tags")

@@ -33,6 +33,7 @@ from otakit.errors import (
     ValidationError,
     VerificationError,
 )
+from otakit.urls import http_base
 
 __all__ = ["Fetcher", "Progress"]
 
@@ -96,13 +97,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _base_url(remote: str) -> str:
-    try:
-        url = httpx.URL(remote)
-    except httpx.InvalidURL:
-        url = None
-    if url is None or url.scheme not in ("http", "https") or not url.host:
-        raise ValidationError(f"invalid remote {remote!r}: expected an http:// or https:// URL")
-    return remote.rstrip("/")
+    return http_base(remote, "remote")
 
 
 def _error_message(body: bytes, default: str) -> str:
