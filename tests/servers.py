@@ -14,7 +14,12 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["RunningServer", "free_port", "run_server"]
+__all__ = ["ADMIN_HEADERS", "ENROLL_HEADERS", "FLEET_ENV", "RunningServer", "free_port", "run_server"]
+
+# A fleet server's admin and enrollment tokens in the tests (the upload token is "test-token").
+FLEET_ENV = {"OTAKIT_ADMIN_TOKENS": "admin-token", "OTAKIT_ENROLL_TOKENS": "enroll-token"}
+ADMIN_HEADERS = {"Authorization": "Bearer admin-token"}
+ENROLL_HEADERS = {"Authorization": "Bearer enroll-token"}
 
 
 def free_port() -> int:

@@ -21,25 +21,20 @@ from otakit.cli import fleet
 from otakit.cli.main import app
 from tests.api_client import upload
 from tests.samples import content_for, make_zip
-from tests.servers import RunningServer, free_port, run_server
+from tests.servers import ADMIN_HEADERS, ENROLL_HEADERS, FLEET_ENV, RunningServer, free_port, run_server
 from tests.terminal import on_a_terminal
 
 runner = CliRunner()
 OTAKIT = str(Path(sys.executable).with_name("otakit"))  # the installed entry point
-ADMIN = {"Authorization": "Bearer admin-token"}
-ENROLL = {"Authorization": "Bearer enroll-token"}
-FLEET_ENV = {
-    "OTAKIT_ADMIN_TOKENS": "admin-token",
-    "OTAKIT_ENROLL_TOKENS": "enroll-token",
-    "OTAKIT_DEVICE_APPROVAL": "manual",
-}
+ADMIN, ENROLL = ADMIN_HEADERS, ENROLL_HEADERS
+MANUAL_FLEET_ENV = {**FLEET_ENV, "OTAKIT_DEVICE_APPROVAL": "manual"}
 DEVICES = "/api/v1/devices"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     workdir = tmp_path_factory.mktemp("fleet-cli")
-    with run_server(workdir, f"sqlite:///{workdir / 'ota.db'}", env=FLEET_ENV) as running:
+    with run_server(workdir, f"sqlite:///{workdir / 'ota.db'}", env=MANUAL_FLEET_ENV) as running:
         yield running
 
 

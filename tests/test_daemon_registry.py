@@ -29,18 +29,18 @@ from tests.daemon_api import Api
 from tests.daemon_packages import Publisher
 from tests.daemons import run_daemon, write_config
 from tests.samples import content_for
-from tests.servers import RunningServer, free_port, run_server
+from tests.servers import FLEET_ENV, RunningServer, free_port, run_server
 
 ENROLL = "enroll-token"
 ADMIN = "admin-token"
-FLEET_ENV = {"OTAKIT_ENROLL_TOKENS": ENROLL, "OTAKIT_ADMIN_TOKENS": ADMIN, "OTAKIT_HEARTBEAT_SECONDS": "1"}
+HEARTBEAT_ENV = {**FLEET_ENV, "OTAKIT_HEARTBEAT_SECONDS": "1"}
 _T = TypeVar("_T")
 
 
 @contextmanager
 def fleet_server(workdir: Path, port: int | None = None) -> Iterator[RunningServer]:
     workdir.mkdir(parents=True, exist_ok=True)
-    with run_server(workdir, f"sqlite:///{workdir / 'ota.db'}", port=port, env=FLEET_ENV) as server:
+    with run_server(workdir, f"sqlite:///{workdir / 'ota.db'}", port=port, env=HEARTBEAT_ENV) as server:
         yield server
 
 

@@ -16,15 +16,11 @@ from otakit.errors import ValidationError
 from otakit.server.settings import load_settings
 from tests.api_client import assert_error
 from tests.databases import BACKENDS, database_url
-from tests.servers import RunningServer, run_server
+from tests.servers import ADMIN_HEADERS, ENROLL_HEADERS, FLEET_ENV, RunningServer, run_server
 
-ADMIN = {"Authorization": "Bearer admin-token"}
-ENROLL = {"Authorization": "Bearer enroll-token"}
+ADMIN, ENROLL = ADMIN_HEADERS, ENROLL_HEADERS
 PUBLISHER = {"Authorization": "Bearer test-token"}
 DEVICES = "/api/v1/devices"
-
-
-FLEET_ENV = {"OTAKIT_ADMIN_TOKENS": "admin-token", "OTAKIT_ENROLL_TOKENS": "enroll-token"}
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

@@ -16,17 +16,16 @@ from otakit.rollout import bucket
 from tests.daemon_api import Api, running
 from tests.daemon_packages import Publisher
 from tests.daemons import write_config
-from tests.servers import RunningServer, run_server
+from tests.servers import ADMIN_HEADERS, FLEET_ENV, RunningServer, run_server
 
-ADMIN = {"Authorization": "Bearer admin-token"}
-FLEET_ENV = {"OTAKIT_ENROLL_TOKENS": "enroll-token", "OTAKIT_ADMIN_TOKENS": "admin-token",
-             "OTAKIT_HEARTBEAT_SECONDS": "1"}  # fmt: skip
+ADMIN = ADMIN_HEADERS
+HEARTBEAT_ENV = {**FLEET_ENV, "OTAKIT_HEARTBEAT_SECONDS": "1"}
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     workdir = tmp_path_factory.mktemp("fleet-e2e")
-    with run_server(workdir, f"sqlite:///{workdir / 'ota.db'}", env=FLEET_ENV) as server:
+    with run_server(workdir, f"sqlite:///{workdir / 'ota.db'}", env=HEARTBEAT_ENV) as server:
         yield server
 
 

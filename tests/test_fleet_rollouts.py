@@ -18,11 +18,9 @@ from otakit.rollout import bucket
 from tests.api_client import assert_error, upload
 from tests.databases import BACKENDS, database_url
 from tests.samples import content_for, make_zip
-from tests.servers import RunningServer, run_server
+from tests.servers import ADMIN_HEADERS, ENROLL_HEADERS, FLEET_ENV, RunningServer, run_server
 
-ADMIN = {"Authorization": "Bearer admin-token"}
-ENROLL = {"Authorization": "Bearer enroll-token"}
-FLEET_ENV = {"OTAKIT_ADMIN_TOKENS": "admin-token", "OTAKIT_ENROLL_TOKENS": "enroll-token"}
+ADMIN, ENROLL = ADMIN_HEADERS, ENROLL_HEADERS
 ROLLOUTS = "/api/v1/rollouts"
 
 
