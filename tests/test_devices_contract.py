@@ -278,3 +278,68 @@ async def test_an_existing_fleet_gets_its_totals_at_upgrade(repo_url: str) -> No
             assert (await old.page(where, after=None, limit=10))[2] == expected, where
         await old.delete("d0")
         assert (await old.page(DeviceFilter(package="app"), after=None, limit=10))[2] == 2
+
+
+async def test_search_matches_an_id_prefix_or_a_description_literally(devices: Devices) -> None:
+    """``search``: the id starts with it or the description contains it, either case; ``%``, ``_``,
+    ``!`` and ``\\`` are matched as themselves, never as wildcards or escapes."""
+    for device_id, description, state in (
+        ("Line3-A", "Pump at 50% duty", "accepted"),
+        ("line3-b", "pump_2 spare", "pending"),
+        ("line30", "a 50x duty pump", "accepted"),
+        ("other", "serves line3-a's pump\\ (backup!)", "accepted"),
+        ("x-line3", "pumpx2", "accepted"),
+    ):
+        await devices.register(
+            device_id, about(tags=["t"], description=description),
+            token_hash=device_id.lower().ljust(64, "0"), state=state, now=1,
+        )  # fmt: skip
+
+    async def found(search: str, state: str | None = None, tag: str | None = None) -> tuple[list[str], int]:
+        where = DeviceFilter(search=search, state=state, tag=tag)
+        page, _, total = await devices.page(where, after=None, limit=100)
+        return [device.id for device in page], total
+
+    assert await found("line3") == (["Line3-A", "line3-b", "line30", "other"], 4)  # ids by prefix only
+    assert await found("LINE3-") == (["Line3-A", "line3-b", "other"], 3)
+    assert await found("PUMP") == (["Line3-A", "line3-b", "line30", "other", "x-line3"], 5)
+    assert await found("50%") == (["Line3-A"], 1)  # not "50x"
+    assert await found("%") == (["Line3-A"], 1)
+    assert await found("p_") == (["line3-b"], 1)  # not "px"
+    assert await found("_") == (["line3-b"], 1)
+    assert await found("\\") == (["other"], 1)
+    assert await found("p\\ (backup!)") == (["other"], 1)
+    assert await found("!)") == (["other"], 1)
+    assert await found("nothing") == ([], 0)
+    assert await found("pump", state="pending") == (["line3-b"], 1)
+    assert await found("pump", tag="t") == (["Line3-A", "line3-b", "line30", "other", "x-line3"], 5)
+    first, following, total = await devices.page(DeviceFilter(search="pump"), after=None, limit=2)
+    rest, last, _ = await devices.page(DeviceFilter(search="pump"), after=following, limit=10)
+    assert ([d.id for d in first + rest], total, last) == (
+        ["Line3-A", "line3-b", "line30", "other", "x-line3"],
+        5,
+        None,
+    )
+
+
+async def test_versions_run_counts_devices_per_installed_version(devices: Devices) -> None:
+    assert await devices.versions_run("app") == []
+    fleet = {
+        "a": [("app", "major", "1.0.0"), ("tool", "major", "9")],
+        "b": [("app", "major", "1.0")],  # the same version as 1.0.0, spelled otherwise
+        "c": [("app", "beta", "1.10.0")],  # any branch counts
+        "d": [("app", "major", "1.9.0")],
+        "e": [("app", "major", "1.10.0")],
+        "f": [("tool", "major", "9")],
+        "g": [],
+    }
+    for n, (device_id, packages) in enumerate(fleet.items()):
+        await devices.register(device_id, about(*packages), token_hash=f"{n:064x}", state="accepted", now=1)
+    # by PEP 440 order, highest first (1.10.0 > 1.9.0, though not as text); 1.0 and 1.0.0 are one
+    assert await devices.versions_run("app") == [("1.10.0", 2), ("1.9.0", 1), ("1.0", 2)]
+    assert await devices.versions_run("tool") == [("9", 2)]
+    assert await devices.versions_run("APP") == []  # names are case-sensitive
+    # an inventory change and a deletion move the counts
+    await devices.update("d", about(("app", "major", "1.10.0")))
+    await devices.delete("a")
+    assert await devices.versions_run("app") == [("1.10.0", 3), ("1.0", 1)]

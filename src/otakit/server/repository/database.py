@@ -9,6 +9,7 @@ from otakit.server.db import Driver
 from otakit.server.db.migrations import upgrade
 from otakit.server.repository.devices import Devices
 from otakit.server.repository.rollouts import Rollouts
+from otakit.server.repository.users import Users
 from otakit.server.repository.versions import Claim, VersionKey, VersionRow, Versions
 
 __all__ = ["Repository"]
@@ -26,6 +27,7 @@ class Repository:
         self.versions = Versions(driver)
         self.devices = Devices(driver)
         self.rollouts = Rollouts(driver)
+        self.users = Users(driver)
 
     def __repr__(self) -> str:
         return f"Repository({self.driver!r})"

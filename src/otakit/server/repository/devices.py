@@ -42,7 +42,8 @@ class DeviceRow:
 @dataclass(frozen=True, slots=True)
 class DeviceFilter:
     """``GET /api/v1/devices``'s filters; ``seen_after``: online (last seen at or after it) when
-    ``online`` is True, offline when False."""
+    ``online`` is True, offline when False; ``search``: the id starts with it or the description
+    contains it, either case (the text is matched literally: ``%`` and ``_`` are no wildcards)."""
 
     package: str | None = None
     branch: str | None = None
@@ -51,6 +52,7 @@ class DeviceFilter:
     state: str | None = None
     online: bool | None = None
     seen_after: float = 0.0
+    search: str | None = None
 
     def sql(self) -> tuple[str, list[object], str]:
         """``FROM … WHERE …`` (without the keyset condition), its parameters, and the id column to sort
@@ -82,6 +84,14 @@ class DeviceFilter:
         if self.online is not None:
             where.append("d.last_seen >= ?" if self.online else "d.last_seen < ?")
             params.append(self.seen_after)
+        if self.search:
+            # LOWER on both sides: SQLite's LIKE ignores ASCII case, MariaDB's follows the columns' binary
+            # collations. The escape is '!', since MariaDB reads a backslash in a quoted literal as an escape.
+            where.append("(LOWER(d.id) LIKE ? ESCAPE '!' OR LOWER(d.description) LIKE ? ESCAPE '!')")
+            literal = self.search.lower()
+            for char in ("!", "%", "_"):  # matched as themselves, not as wildcards
+                literal = literal.replace(char, "!" + char)
+            params += [f"{literal}%", f"%{literal}%"]
         sql = "FROM devices d " + " ".join(joins) + (" WHERE " + " AND ".join(where) if where else "")
         return sql, params, order
 
@@ -293,7 +303,7 @@ class Devices:
             package=where.package, branch=where.branch, version=where.version, tag=where.tag,
             state=where.state, online=where.online,
         )  # fmt: skip
-        if dim is not None:
+        if dim is not None and not where.search:  # no count is kept per search
             total = await totals.count_of(self.driver, dim)
         else:
             total_row = await self.driver.fetch_one(f"SELECT COUNT(*) {base}", params)
@@ -309,6 +319,18 @@ class Devices:
             (device_id, limit),
         )
         return [{**json.loads(text(body)), "received": number(at)} for body, at in rows]
+
+    async def recent_failures(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The fleet's last failed or rolled-back jobs, newest first, each with its ``device``."""
+        rows = await self.driver.fetch(
+            "SELECT device_id, body, received FROM reports WHERE state IN ('failed', 'rolled_back')"
+            " ORDER BY seq DESC LIMIT ?",
+            (limit,),
+        )
+        return [
+            {**json.loads(text(body)), "device": text(device), "received": number(at)}
+            for device, body, at in rows
+        ]
 
     async def accept(self, device_id: str) -> bool:
         async with self.driver.transaction(_lock(device_id)) as tx:
@@ -354,3 +376,14 @@ class Devices:
         ):
             by_id[text(device_id)].jobs[text(package)] = json.loads(text(body))
         return devices
+
+    async def versions_run(self, package: str) -> list[tuple[str, int]]:
+        """How many devices run each version of ``package`` (any branch), highest version first: the
+        console's chart. One GROUP BY down the index (package, version_key, device_id); equal versions
+        written differently (``1.0``, ``1.0.0``) are one, named by the spelling that sorts first."""
+        rows = await self.driver.fetch(
+            "SELECT MIN(version), COUNT(*) FROM device_packages WHERE package = ?"
+            " GROUP BY version_key ORDER BY version_key DESC",
+            (package,),
+        )
+        return [(text(version), integer(count)) for version, count in rows]

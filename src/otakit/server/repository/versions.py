@@ -10,9 +10,18 @@ from typing import Any
 
 from otakit.errors import ConflictError
 from otakit.server.db import Driver, Lock, Transaction
-from otakit.server.db.columns import flag, text
+from otakit.server.db.columns import flag, integer, text
 
-__all__ = ["Claim", "VersionKey", "VersionRow", "Versions"]
+__all__ = ["Claim", "PackageSummary", "VersionKey", "VersionRow", "Versions"]
+
+
+@dataclass(frozen=True, slots=True)
+class PackageSummary:
+    """One package and branch: how many versions it has, held ones included."""
+
+    name: str
+    branch: str
+    versions: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +215,13 @@ class Versions:
             # A plain consistent read: the lock already excludes other writers.
             found = await tx.fetch_one(_BY_KEY, (key.name, key.branch, key.version_key))
             yield Claim(tx, key, _row(found) if found else None, self._update, self._set_released)
+
+    async def packages(self) -> list[PackageSummary]:
+        """Every package and branch with at least one version, by name (one walk of the unique index)."""
+        rows = await self._driver.fetch(
+            "SELECT name, branch, COUNT(*) FROM ota GROUP BY name, branch ORDER BY name, branch"
+        )
+        return [PackageSummary(text(name), text(branch), integer(n)) for name, branch, n in rows]
 
     async def object_ids(self) -> AsyncIterator[str]:
         """Every stored row's object id (for recovery and fsck)."""
