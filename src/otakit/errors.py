@@ -8,6 +8,7 @@
     ├── NotFoundError                no such package, branch, version or file                (404)
     ├── ConflictError                the version exists already                              (409)
     ├── TooLargeError                over a configured size limit                            (413)
+    ├── ThrottledError               too many attempts; try again later                      (429)
     └── UnavailableError             the database or file store cannot be reached            (503)
         └── DownloadError            a server could not be reached or a transfer kept failing
 
@@ -24,6 +25,7 @@ __all__ = [
     "ForbiddenError",
     "NotFoundError",
     "OtakitError",
+    "ThrottledError",
     "TooLargeError",
     "UnavailableError",
     "ValidationError",
@@ -57,6 +59,10 @@ class ConflictError(OtakitError):
 
 class TooLargeError(OtakitError):
     status_code = 413
+
+
+class ThrottledError(OtakitError):
+    status_code = 429
 
 
 class UnavailableError(OtakitError):

@@ -11,6 +11,7 @@ from otakit.cli import fleet
 from otakit.cli.errors import set_debug
 from otakit.cli.publish import register
 from otakit.cli.server import db_app, server_app
+from otakit.cli.users import user_app
 
 __all__ = ["app", "main"]
 
@@ -18,6 +19,7 @@ app = typer.Typer(help="otakit: over-the-air updates for devices.", no_args_is_h
 register(app)
 app.add_typer(server_app, name="server")
 app.add_typer(db_app, name="db")
+app.add_typer(user_app, name="user")
 fleet.register(app)
 
 

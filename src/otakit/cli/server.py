@@ -21,13 +21,13 @@ ConfigOption = Annotated[
 ]
 
 
-def _settings(config: Path | None, **overrides: Any) -> ServerSettings:
+def server_settings(config: Path | None, **overrides: Any) -> ServerSettings:
     from otakit.server.settings import load_settings
 
     return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def _repository(settings: ServerSettings) -> Repository:
+def server_repository(settings: ServerSettings) -> Repository:
     from otakit.server.repository import open_repository
 
     return open_repository(settings.database_url)  # ValidationError for an unsupported URL
@@ -36,7 +36,7 @@ def _repository(settings: ServerSettings) -> Repository:
 async def _reach_database(settings: ServerSettings) -> None:
     """Connect once and let go: an unreachable database fails here, as one line, rather than in
     uvicorn's lifespan, which prints a traceback."""
-    repo = _repository(settings)
+    repo = server_repository(settings)
     try:
         await repo.connect()
     finally:
@@ -60,7 +60,7 @@ def server(
     from otakit.server.app import create_app
 
     with reporting_errors():
-        settings = _settings(config, host=host, port=port)
+        settings = server_settings(config, host=host, port=port)
         asyncio.run(_reach_database(settings))
     uvicorn.run(
         create_app(settings),
@@ -68,7 +68,8 @@ def server(
         port=settings.port,
         log_level=settings.log_level,
         http="httptools",
-        proxy_headers=False,
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
     )
 
 
@@ -76,7 +77,7 @@ async def _fsck(settings: ServerSettings) -> str:
     from otakit.server.filestore import LocalFileStore
     from otakit.server.publish import recover
 
-    async with _repository(settings) as repo:
+    async with server_repository(settings) as repo:
         await repo.upgrade()
         store = LocalFileStore(settings.files_dir)
         store.prepare()
@@ -89,11 +90,11 @@ def fsck(config: ConfigOption = None) -> None:
     with reporting_errors():
         import asyncio
 
-        typer.echo(asyncio.run(_fsck(_settings(config))))
+        typer.echo(asyncio.run(_fsck(server_settings(config))))
 
 
 async def _upgrade(settings: ServerSettings) -> list[str]:
-    async with _repository(settings) as repo:
+    async with server_repository(settings) as repo:
         return await repo.upgrade()
 
 
@@ -103,5 +104,5 @@ def upgrade(config: ConfigOption = None) -> None:
     with reporting_errors():
         import asyncio
 
-        applied = asyncio.run(_upgrade(_settings(config)))
+        applied = asyncio.run(_upgrade(server_settings(config)))
     typer.echo("applied: " + ", ".join(applied) if applied else "the database is up to date")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 import otakit
+from otakit.server.console import add_console
 from otakit.server.deps import State
 from otakit.server.filestore import LocalFileStore
 from otakit.server.latest_cache import LatestCache, StampCache
@@ -45,6 +47,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             report = await recover(repo, store)
             if report.journals or report.objects or report.incoming:
                 log.warning("%s", report)
+            secret = settings.console_secret or await repo.users.secret(
+                "console", lambda: secrets.token_urlsafe(48)
+            )
             seen = SeenBuffer(repo.devices.touch)
             max_age = settings.latest_cache_seconds
             app.state.otakit = State(
@@ -54,6 +59,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                 LatestCache(max_age=max_age),
                 seen,
                 StampCache(max_entries=100_000, max_age=max_age),
+                console_secret=secret,
             )
 
             async def advance_due() -> None:
@@ -99,4 +105,5 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         rollouts.router,
     ):
         app.include_router(router)
+    add_console(app)
     return app

@@ -44,6 +44,8 @@ class State:
     # The fleet's hot paths (device tokens, released rows, active rollouts, device views), under the
     # same stamp as ``latest``: every change that matters to them replaces it.
     cache: StampCache[object]
+    # The web console's signing key (sessions, CSRF): a setting, or generated once into the database.
+    console_secret: str = ""
 
 
 def app_state(request: Request) -> State:

@@ -63,11 +63,29 @@ class ServerSettings(BaseSettings):
         ge=0,
         description="how long a process may reuse a /latestVersion answer; any change of versions ends it",
     )
+    console_secret: str | None = Field(
+        None,
+        min_length=32,
+        description=(
+            "the web console's signing key (sessions, CSRF); when unset, one is generated on first start"
+            " and kept in the database, shared by every server on it"
+        ),
+    )
+    console_session_seconds: int = Field(
+        8 * 3600, ge=60, le=30 * 86400, description="how long a console login lasts"
+    )
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "proxies (addresses, comma-separated, or *) whose X-Forwarded-For/-Proto `otakit server` trusts:"
+            " the console's throttle and Secure cookies then see the browser's address and HTTPS"
+        ),
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     log_level: str = "info"
 
-    @field_validator("upload_tokens", "admin_tokens", "enroll_tokens", mode="before")
+    @field_validator("upload_tokens", "admin_tokens", "enroll_tokens", "forwarded_allow_ips", mode="before")
     @classmethod
     def _split_tokens(cls, value: Any) -> Any:
         if isinstance(value, str):
