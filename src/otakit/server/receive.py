@@ -1,14 +1,15 @@
 """Streaming a multipart upload straight into an incoming file.
 
 The request body goes through python-multipart's ``MultipartParser`` chunk by chunk. The ``content``
-part is kept in memory (it is small and bounded); the ``file`` part's bytes are batched into large
-blocks and each block is hashed and written by a worker thread while the event loop receives the next
-one, so memory stays flat (about two blocks) and hashing and disk writes overlap the network.
+part, and any small text field the caller names (the console's ``csrf``), is kept in memory (small and
+bounded); the ``file`` part's bytes are batched into large blocks and each block is hashed and written
+by a worker thread while the event loop receives the next one, so memory stays flat (about two blocks)
+and hashing and disk writes overlap the network.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import anyio.to_thread
@@ -19,9 +20,10 @@ from otakit.blockwriter import BlockWriter
 from otakit.errors import TooLargeError, ValidationError
 from otakit.server.filestore import IncomingFile
 
-__all__ = ["BLOCK_SIZE", "ReceivedUpload", "receive_upload"]
+__all__ = ["BLOCK_SIZE", "FIELD_BYTES", "ReceivedUpload", "receive_upload"]
 
 BLOCK_SIZE = 4 * 1024 * 1024
+FIELD_BYTES = 4096  # the most a named text field (``fields``) may hold
 
 
 @dataclass
@@ -39,13 +41,19 @@ async def receive_upload(
     on_content: Callable[[bytes], Awaitable[None]],
     max_file_bytes: int,
     max_content_bytes: int,
+    fields: Mapping[str, Callable[[bytes], Awaitable[None]]] | None = None,
+    on_part: Callable[[str], Awaitable[None]] | None = None,
 ) -> ReceivedUpload:
     """Parse a multipart/form-data body with parts ``content`` and ``file``.
 
     ``on_content`` is awaited as soon as the ``content`` part is complete, so that the caller can
-    refuse the upload (by raising) before the file is read when ``content`` comes first. On any error
-    the incoming file is discarded; on success the caller owns ``result.incoming``.
+    refuse the upload (by raising) before the file is read when ``content`` comes first. Each part
+    named in ``fields`` (at most ``FIELD_BYTES``) is handed to its callback when it is complete, and
+    ``on_part`` is awaited with each part's name as it begins (before a byte of the file is stored), so
+    that the console can refuse a file that no valid CSRF token precedes. Other parts are ignored. On
+    any error the incoming file is discarded; on success the caller owns ``result.incoming``.
     """
+    extra = dict(fields or {})
     mime, params = parse_options_header(content_type or "")
     boundary = params.get(b"boundary")
     if mime != b"multipart/form-data" or not boundary:
@@ -93,6 +101,7 @@ async def receive_upload(
 
     part: str | None = None
     content_buffer = bytearray()
+    field_buffer = bytearray()
     writer: BlockWriter | None = None
     seen: set[str] = set()
     try:
@@ -107,6 +116,8 @@ async def receive_upload(
                     if part in seen and part in ("content", "file"):
                         raise ValidationError(f"the part {part!r} appears twice")
                     seen.add(part)
+                    if on_part is not None:
+                        await on_part(part)
                     if part == "file":
                         incoming = await new_incoming()
                         result.incoming = incoming
@@ -124,6 +135,10 @@ async def receive_upload(
                             raise TooLargeError(
                                 f"content.json is larger than the limit of {max_content_bytes} bytes"
                             )
+                    elif part is not None and part in extra:
+                        field_buffer += data
+                        if len(field_buffer) > FIELD_BYTES:
+                            raise TooLargeError(f"the field {part!r} is larger than {FIELD_BYTES} bytes")
                 else:  # end of a part
                     if part == "content":
                         result.content_text = bytes(content_buffer)
@@ -131,6 +146,10 @@ async def receive_upload(
                     elif part == "file" and writer is not None:
                         await writer.flush()
                         result.digest = await anyio.to_thread.run_sync(incoming.finish)
+                    elif part is not None and part in extra:
+                        value = bytes(field_buffer)
+                        field_buffer.clear()
+                        await extra[part](value)
                     part = None
             events.clear()
         try:

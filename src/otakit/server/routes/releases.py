@@ -26,6 +26,8 @@ from otakit.server.repository.rollouts import RolloutRow
 from otakit.versions import version_key
 from otakit.web import answer
 
+__all__ = ["delete_version", "router", "set_released"]
+
 router = APIRouter(prefix=VERSIONS, tags=["admin"])
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -45,9 +47,13 @@ def _under_rollout(rollout: RolloutRow, version: str, verb: str) -> ConflictErro
     )
 
 
-async def _set_released(
+async def set_released(
     repo: Repository, store: FileStore, package: str, branch: str, version: str, released: bool
-) -> Response:
+) -> None:
+    """Release (offer to everyone) or hold a stored version: the admin API's and the console's rule.
+
+    ``NotFoundError`` without such a version; ``ConflictError`` to hold one under a running or paused
+    rollout (releasing it by hand ends that rollout ``completed``)."""
     check_name(package, "package")
     check_name(branch, "branch")
     key = VersionKey(package, branch, version_key(version))
@@ -61,7 +67,20 @@ async def _set_released(
             await repo.rollouts.apply(rollout, "release", now=time.time())
     # As after an upload's commit, before the 200: no process answers from a cache made before it.
     await anyio.to_thread.run_sync(store.bump_stamp)
-    return answer(200)
+
+
+async def delete_version(repo: Repository, store: FileStore, package: str, branch: str, version: str) -> None:
+    """Remove a version's row and file together, crash-safe; the admin API's and the console's rule.
+
+    ``NotFoundError`` without such a version; ``ConflictError`` under a running or paused rollout."""
+    check_name(package, "package")
+    check_name(branch, "branch")
+    key = VersionKey(package, branch, version_key(version))
+    rollout = await repo.rollouts.of_version(package, branch, key.version_key)
+    if rollout is not None:
+        raise _under_rollout(rollout, version, "delete")
+    if not await unpublish(repo, store, key):
+        raise NotFoundError(f"no version {version} of {package} on branch {branch}")
 
 
 @router.post(
@@ -72,7 +91,8 @@ async def _set_released(
 async def release(
     package: str, branch: str, version: str, repo: RepoDep, store: StoreDep, admin: AdminDep
 ) -> Response:
-    return await _set_released(repo, store, package, branch, version, True)
+    await set_released(repo, store, package, branch, version, True)
+    return answer(200)
 
 
 @router.post(
@@ -83,7 +103,8 @@ async def release(
 async def hold(
     package: str, branch: str, version: str, repo: RepoDep, store: StoreDep, admin: AdminDep
 ) -> Response:
-    return await _set_released(repo, store, package, branch, version, False)
+    await set_released(repo, store, package, branch, version, False)
+    return answer(200)
 
 
 @router.delete(
@@ -94,12 +115,5 @@ async def hold(
 async def delete(
     package: str, branch: str, version: str, repo: RepoDep, store: StoreDep, admin: AdminDep
 ) -> Response:
-    check_name(package, "package")
-    check_name(branch, "branch")
-    key = VersionKey(package, branch, version_key(version))
-    rollout = await repo.rollouts.of_version(package, branch, key.version_key)
-    if rollout is not None:
-        raise _under_rollout(rollout, version, "delete")
-    if not await unpublish(repo, store, key):
-        raise NotFoundError(f"no version {version} of {package} on branch {branch}")
+    await delete_version(repo, store, package, branch, version)
     return answer(200)

@@ -1,22 +1,32 @@
-"""``PUT /upload``: a verified, streamed, crash-safe upload (DESIGN.md, "Upload, exactly")."""
+"""``PUT /upload``: a verified, streamed, crash-safe upload (DESIGN.md, "Upload, exactly").
+
+``receive_version`` is the whole upload on a request stream; the console's upload form calls it too, so
+a browser's upload is verified and stored exactly as a publisher's.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Annotated
 
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from starlette.datastructures import Headers
 
 from otakit.content import Content, parse_content
 from otakit.errors import TooLargeError, ValidationError
 from otakit.server.deps import PublisherDep, RepoDep, SettingsDep, StoreDep
-from otakit.server.filestore import IncomingFile
+from otakit.server.filestore import FileStore, IncomingFile
 from otakit.server.publish import publish, version_exists
 from otakit.server.receive import receive_upload
-from otakit.server.repository import VersionKey
+from otakit.server.repository import Repository, VersionKey
+from otakit.server.settings import ServerSettings
 from otakit.web import answer
+
+__all__ = ["UploadOptions", "receive_version", "router", "truthy"]
 
 router = APIRouter(tags=["upload"])
 
@@ -49,24 +59,37 @@ def _canonical_text(content: Content) -> str:
         raise ValidationError("content.json must not contain NaN or Infinity") from None
 
 
-@router.put("/upload", summary="Publish a package version", openapi_extra=_MULTIPART_SCHEMA)
-async def upload(
-    request: Request,
-    repo: RepoDep,
-    store: StoreDep,
-    settings: SettingsDep,
-    publisher: PublisherDep,
-    force: Annotated[str | None, Query(description="1 = replace an existing version", max_length=10)] = None,
-    overwrite: Annotated[str | None, Query(description="the same as force", max_length=10)] = None,
-    hold: Annotated[
-        str | None,
-        Query(description="1 = store the version held: listed, not offered by /latestVersion", max_length=10),
-    ] = None,
-) -> Response:
-    forced = (force or "").lower() in _TRUE or (overwrite or "").lower() in _TRUE
-    held = (hold or "").lower() in _TRUE
+def truthy(value: str | None) -> bool:
+    """A query or form flag that is on (``1``, ``true``, ``yes``, ``on``)."""
+    return (value or "").lower() in _TRUE
+
+
+@dataclass
+class UploadOptions:
+    """What the uploader asked for. Read when used, so that form fields sent before ``content`` (the
+    console's checkboxes) can still set them while the body streams."""
+
+    force: bool = False
+    hold: bool = False
+
+
+async def receive_version(
+    repo: Repository,
+    store: FileStore,
+    settings: ServerSettings,
+    chunks: AsyncIterator[bytes],
+    headers: Headers,
+    options: UploadOptions,
+    *,
+    fields: Mapping[str, Callable[[bytes], Awaitable[None]]] | None = None,
+    on_part: Callable[[str], Awaitable[None]] | None = None,
+) -> Content:
+    """Stream a multipart upload (``content`` and ``file``) from ``chunks``, verify it and publish it;
+    the content it published. ``fields`` and ``on_part`` are ``receive_upload``'s: other small parts,
+    and a check as each part begins. Raises the ``OtakitError`` that says why it was refused; nothing
+    stays stored then."""
     limit = settings.max_upload_bytes + settings.max_content_bytes + _OVERHEAD
-    declared = request.headers.get("content-length")
+    declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise TooLargeError(f"the upload is larger than the limit of {settings.max_upload_bytes} bytes")
 
@@ -81,7 +104,7 @@ async def upload(
     async def on_content(text: bytes) -> None:
         nonlocal checked
         checked = parse_content(text)
-        if not file_started and not forced:
+        if not file_started and not options.force:
             # content came first: refuse a duplicate before reading a byte of the file.
             key = VersionKey(checked.package, checked.branch, checked.version_key)
             row = await repo.get(key)
@@ -91,12 +114,14 @@ async def upload(
                 raise version_exists(checked, row)
 
     received = await receive_upload(
-        request.stream(),
-        request.headers.get("content-type"),
+        chunks,
+        headers.get("content-type"),
         new_incoming=new_incoming,
         on_content=on_content,
         max_file_bytes=settings.max_upload_bytes,
         max_content_bytes=settings.max_content_bytes,
+        fields=fields,
+        on_part=on_part,
     )
     incoming = received.incoming
     try:
@@ -109,9 +134,34 @@ async def upload(
                 f"sha256 mismatch: content.json says {checked.sha256.lower()}, the file is {received.digest}"
             )
         await publish(
-            repo, store, checked, incoming, _canonical_text(checked), force=forced, released=not held
+            repo,
+            store,
+            checked,
+            incoming,
+            _canonical_text(checked),
+            force=options.force,
+            released=not options.hold,
         )
     finally:
         if incoming is not None:
             await anyio.to_thread.run_sync(incoming.discard)
+    return checked
+
+
+@router.put("/upload", summary="Publish a package version", openapi_extra=_MULTIPART_SCHEMA)
+async def upload(
+    request: Request,
+    repo: RepoDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    publisher: PublisherDep,
+    force: Annotated[str | None, Query(description="1 = replace an existing version", max_length=10)] = None,
+    overwrite: Annotated[str | None, Query(description="the same as force", max_length=10)] = None,
+    hold: Annotated[
+        str | None,
+        Query(description="1 = store the version held: listed, not offered by /latestVersion", max_length=10),
+    ] = None,
+) -> Response:
+    options = UploadOptions(force=truthy(force) or truthy(overwrite), hold=truthy(hold))
+    await receive_version(repo, store, settings, request.stream(), request.headers, options)
     return answer(200)
