@@ -182,6 +182,29 @@ async def report(request: Request, device_id: DeviceDep) -> Response:
 _Name = Annotated[str | None, Query(max_length=100)]
 
 
+def device_filter(
+    state: State,
+    *,
+    package: str | None = None,
+    branch: str | None = None,
+    version: str | None = None,
+    tag: str | None = None,
+    online: bool | None = None,
+    approval: str | None = None,
+    search: str | None = None,
+    now: float,
+) -> DeviceFilter:
+    """The list's filters, checked (400 for a bad name or version), with ``online`` measured from
+    ``now``: one reading for the JSON list and the console's."""
+    for value, what in ((package, "package"), (branch, "branch"), (tag, "tag")):
+        if value is not None:
+            check_name(value, what)
+    if version is not None:
+        parse_version(version)
+    seen_after = now - 3 * state.settings.heartbeat_seconds
+    return DeviceFilter(package, branch, version, tag, approval, online, seen_after, search or None)
+
+
 @router.get("", summary="Devices, sorted by id, a page at a time", responses=_ok(DeviceList))
 async def list_devices(
     request: Request,
@@ -192,27 +215,29 @@ async def list_devices(
     tag: _Name = None,
     online: bool | None = None,
     state: Annotated[str | None, Query(pattern="^(pending|accepted)$")] = None,
+    q: Annotated[
+        str | None, Query(max_length=100, description="the id starts with it, or the description has it")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: _Name = None,
 ) -> Response:
     fleet = app_state(request)
-    for value, what in ((package, "package"), (branch, "branch"), (tag, "tag"), (after, "after")):
-        if value is not None:
-            check_name(value, what)
-    if version is not None:
-        parse_version(version)
+    if after is not None:
+        check_name(after, "after")
     now = time.time()
-    where = DeviceFilter(
-        package, branch, version, tag, state, online, now - 3 * fleet.settings.heartbeat_seconds
-    )
+    where = device_filter(
+        fleet, package=package, branch=branch, version=version, tag=tag, online=online, approval=state,
+        search=q, now=now,
+    )  # fmt: skip
     devices, following, total = await fleet.repo.devices.page(where, after=after, limit=limit)
     listed = [device_json(fleet, device, now) for device in devices]
     return answer(200, list=listed, next=following, total=total)
 
 
-async def _known(request: Request, device_id: str) -> DeviceRow:
+async def known_device(state: State, device_id: str) -> DeviceRow:
+    """The device, or 404 (400 for an id no device can have)."""
     check_name(device_id, "device")
-    device = await app_state(request).repo.devices.get(device_id)
+    device = await state.repo.devices.get(device_id)
     if device is None:
         raise NotFoundError(f"no device {device_id}")
     return device
@@ -221,46 +246,55 @@ async def _known(request: Request, device_id: str) -> DeviceRow:
 @router.get("/{device_id}", summary="One device, with its last 50 reports", responses=_ok(DeviceAnswer))
 async def get_device(request: Request, device_id: str, _: AdminDep) -> Response:
     state = app_state(request)
-    device = await _known(request, device_id)
+    device = await known_device(state, device_id)
     reports = await state.repo.devices.reports(device.id)
     return answer(200, device={**device_json(state, device, time.time()), "reports": reports})
 
 
-@router.post("/{device_id}/accept", summary="Accept a pending device (manual approval)", responses=_ok(Done))
-async def accept(request: Request, device_id: str, _: AdminDep) -> Response:
+async def accept_device(state: State, device_id: str) -> None:
+    """Accept a pending device (manual approval); 404 for an unknown one."""
     check_name(device_id, "device")
-    state = app_state(request)
     if not await state.repo.devices.accept(device_id):
         raise NotFoundError(f"no device {device_id}")
     await ended_caches(state)
-    return answer(200)
 
 
-async def _pin(request: Request, device_id: str, pinned: bool) -> Response:
+async def pin_device(state: State, device_id: str, pinned: bool) -> None:
+    """Pin (offer nothing above what it runs) or unpin a device; 404 for an unknown one."""
     check_name(device_id, "device")
-    state = app_state(request)
     if not await state.repo.devices.set_pinned(device_id, pinned):
         raise NotFoundError(f"no device {device_id}")
     await ended_caches(state)
+
+
+async def delete_device(state: State, device_id: str) -> None:
+    """Forget a device (record, reports and token: the id may enroll again); 404 for an unknown one."""
+    check_name(device_id, "device")
+    if not await state.repo.devices.delete(device_id):
+        raise NotFoundError(f"no device {device_id}")
+    state.seen.forget(device_id)
+    await ended_caches(state)  # its token, and what it was offered, are forgotten in every process
+
+
+@router.post("/{device_id}/accept", summary="Accept a pending device (manual approval)", responses=_ok(Done))
+async def accept(request: Request, device_id: str, _: AdminDep) -> Response:
+    await accept_device(app_state(request), device_id)
     return answer(200)
 
 
 @router.post("/{device_id}/pin", summary="Offer the device nothing above what it runs", responses=_ok(Done))
 async def pin(request: Request, device_id: str, _: AdminDep) -> Response:
-    return await _pin(request, device_id, True)
+    await pin_device(app_state(request), device_id, True)
+    return answer(200)
 
 
 @router.post("/{device_id}/unpin", summary="Offer the device updates again", responses=_ok(Done))
 async def unpin(request: Request, device_id: str, _: AdminDep) -> Response:
-    return await _pin(request, device_id, False)
+    await pin_device(app_state(request), device_id, False)
+    return answer(200)
 
 
 @router.delete("/{device_id}", summary="Forget a device: record, reports and token", responses=_ok(Done))
 async def delete(request: Request, device_id: str, _: AdminDep) -> Response:
-    check_name(device_id, "device")
-    state = app_state(request)
-    if not await state.repo.devices.delete(device_id):
-        raise NotFoundError(f"no device {device_id}")
-    state.seen.forget(device_id)
-    await ended_caches(state)  # its token, and what it was offered, are forgotten in every process
+    await delete_device(app_state(request), device_id)
     return answer(200)
