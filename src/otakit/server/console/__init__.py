@@ -12,11 +12,11 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import RedirectResponse, Response
 
-from otakit.server.console import devices, login, overview, packages, users
+from otakit.server.console import devices, login, overview, packages, rollouts, users
 
 __all__ = ["MODULES", "add_console"]
 
-MODULES = (login, overview, packages, devices, users)
+MODULES = (login, overview, packages, devices, rollouts, users)
 
 
 def add_console(app: FastAPI) -> None:

@@ -8,7 +8,7 @@ cached ``/latestVersion`` answers at once, as an upload does.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -16,9 +16,9 @@ from fastapi.responses import Response
 from otakit.errors import ConflictError, NotFoundError
 from otakit.names import check_name
 from otakit.protocol import ROLLOUTS, RolloutAnswer, RolloutCreate, RolloutList
-from otakit.rollout import OPERATOR_PAUSE, Action, Policy, Rollout
+from otakit.rollout import OPERATOR_PAUSE, Policy, Rollout
 from otakit.server.bodies import read_model
-from otakit.server.deps import AdminDep, app_state, ended_caches
+from otakit.server.deps import AdminDep, State, app_state, ended_caches
 from otakit.server.repository.rollouts import RolloutRow
 from otakit.server.repository.versions import VersionKey
 from otakit.versions import parse_version, version_key
@@ -28,6 +28,9 @@ from otakit.web import declared as _ok
 router = APIRouter(prefix=ROLLOUTS, tags=["rollouts"])
 
 _MAX_BODY = 64 * 1024
+
+OperatorAction = Literal["advance", "pause", "resume", "abort"]
+OPERATOR_ACTIONS: tuple[OperatorAction, ...] = ("advance", "pause", "resume", "abort")
 
 
 def rollout_json(row: RolloutRow) -> dict[str, Any]:
@@ -56,12 +59,12 @@ def rollout_json(row: RolloutRow) -> dict[str, Any]:
     }
 
 
-@router.post(
-    "", status_code=201, summary="Start a staged rollout of a held version", responses=_ok(RolloutAnswer, 201)
-)
-async def create(request: Request, _: AdminDep) -> Response:
-    state = app_state(request)
-    body = await read_model(request, RolloutCreate, _MAX_BODY)
+async def start_rollout(state: State, body: RolloutCreate) -> RolloutRow:
+    """Start a staged rollout of a held version (``POST /api/v1/rollouts`` and the console's form).
+
+    400 for a bad policy, 404 for no such version, 409 when it is released already, lower than the
+    released one, or its package and branch have a running or paused rollout.
+    """
     policy = Policy(
         tuple(body.phases), body.max_failure_rate, body.min_reports, body.phase_seconds, tuple(body.tags)
     )
@@ -82,7 +85,15 @@ async def create(request: Request, _: AdminDep) -> Response:
             f"{body.package} on branch {body.branch} has a running or paused rollout already"
         ) from None
     await ended_caches(state)
-    return answer(201, rollout=rollout_json(row))
+    return row
+
+
+@router.post(
+    "", status_code=201, summary="Start a staged rollout of a held version", responses=_ok(RolloutAnswer, 201)
+)
+async def create(request: Request, _: AdminDep) -> Response:
+    body = await read_model(request, RolloutCreate, _MAX_BODY)
+    return answer(201, rollout=rollout_json(await start_rollout(app_state(request), body)))
 
 
 @router.get("", summary="Rollouts, newest first", responses=_ok(RolloutList))
@@ -101,8 +112,9 @@ async def list_rollouts(
     return answer(200, list=[rollout_json(row) for row in rows])
 
 
-async def _get(request: Request, rollout_id: int) -> RolloutRow:
-    row = await app_state(request).repo.rollouts.get(rollout_id)
+async def find_rollout(state: State, rollout_id: int) -> RolloutRow:
+    """The rollout, or NotFoundError (404)."""
+    row = await state.repo.rollouts.get(rollout_id)
     if row is None:
         raise NotFoundError(f"no rollout {rollout_id}")
     return row
@@ -110,14 +122,22 @@ async def _get(request: Request, rollout_id: int) -> RolloutRow:
 
 @router.get("/{rollout_id}", summary="One rollout, with its counts", responses=_ok(RolloutAnswer))
 async def get_rollout(request: Request, rollout_id: int, _: AdminDep) -> Response:
-    return answer(200, rollout=rollout_json(await _get(request, rollout_id)))
+    return answer(200, rollout=rollout_json(await find_rollout(app_state(request), rollout_id)))
 
 
-async def _act(request: Request, rollout_id: int, action: Action, reason: str | None = None) -> Response:
-    state = app_state(request)
-    row = await state.repo.rollouts.apply(await _get(request, rollout_id), action, reason, now=time.time())
+async def act(state: State, rollout_id: int, action: OperatorAction) -> RolloutRow:
+    """An operator's ``action`` on the rollout, compare-and-set (the JSON routes and the console's
+    buttons): 404 for no such rollout, 409 from a state that does not allow it."""
+    reason = OPERATOR_PAUSE if action == "pause" else None
+    row = await state.repo.rollouts.apply(
+        await find_rollout(state, rollout_id), action, reason, now=time.time()
+    )
     await ended_caches(state)
-    return answer(200, rollout=rollout_json(row))
+    return row
+
+
+async def _act(request: Request, rollout_id: int, action: OperatorAction) -> Response:
+    return answer(200, rollout=rollout_json(await act(app_state(request), rollout_id, action)))
 
 
 @router.post(
@@ -131,7 +151,7 @@ async def advance(request: Request, rollout_id: int, _: AdminDep) -> Response:
 
 @router.post("/{rollout_id}/pause", summary="Offer the version to nobody new", responses=_ok(RolloutAnswer))
 async def pause(request: Request, rollout_id: int, _: AdminDep) -> Response:
-    return await _act(request, rollout_id, "pause", OPERATOR_PAUSE)
+    return await _act(request, rollout_id, "pause")
 
 
 @router.post("/{rollout_id}/resume", summary="Continue a paused rollout", responses=_ok(RolloutAnswer))
