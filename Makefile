@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck pytest install bench clean
+.PHONY: serve demo screenshots test lint typecheck pytest install bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +19,17 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/otakit server
 
+# a server, real daemons and a rollout that pauses itself (deploy/demo.py --help for its options)
+demo: $(STAMP)
+	$(BIN)/python deploy/demo.py $(DEMO_ARGS)
+
+# the README's console pictures, from the browser test that drives `make demo`
+screenshots: $(STAMP)
+	OTAKIT_SCREENSHOTS=docs/console $(BIN)/pytest -q tests/test_demo.py::test_an_operator_sees_the_demo_fleet_in_the_console
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench deploy
+	$(BIN)/ruff format --check src tests bench deploy
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
