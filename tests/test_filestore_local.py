@@ -39,14 +39,3 @@ def test_direct_io_is_used_where_the_file_system_allows(tmp_path: Path) -> None:
         assert bool(flags & os.O_DIRECT) == incoming._writer.direct
     finally:
         incoming.discard()
-
-
-def test_stamp_changes_with_every_bump(tmp_path: Path) -> None:
-    store = LocalFileStore(tmp_path)
-    store.prepare()
-    seen = {store.stamp()}
-    for _ in range(5):
-        store.bump_stamp()
-        seen.add(store.stamp())
-    assert len(seen) == 6
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".stamp")) == [".stamp"]

@@ -530,3 +530,21 @@ async def test_latest_uses_the_index(repo: Repository, repo_url: str) -> None:
         assert plan["key"] == LATEST_INDEX, plan
         assert "filesort" not in (plan["Extra"] or ""), plan
         assert "temporary" not in (plan["Extra"] or ""), plan
+
+
+async def test_the_change_counter_moves_for_every_process(repo_url: str) -> None:
+    """A bump through one repository (one server process) changes the stamp of another once it reads."""
+    async with open_repository(repo_url) as first, open_repository(repo_url) as second:
+        await first.upgrade()
+        await first.changes.refresh()
+        await second.changes.refresh()
+        before_first, before_second = first.changes.stamp, second.changes.stamp
+        start = await first.changes.current()
+        await first.changes.bump()
+        assert first.changes.stamp != before_first  # its own bump: at once, without a read
+        assert second.changes.stamp == before_second  # the other's: not before it reads
+        await second.changes.refresh()
+        assert second.changes.stamp != before_second
+        await second.changes.bump()
+        assert await first.changes.current() == start + 2
+        assert second.changes.stamp[0] == start + 2

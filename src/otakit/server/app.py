@@ -20,6 +20,7 @@ from otakit.server.latest_cache import LatestCache, StampCache
 from otakit.server.periodic import Periodic
 from otakit.server.publish import recover
 from otakit.server.repository import open_repository
+from otakit.server.repository.changes import REFRESH_SECONDS
 from otakit.server.routes import devices, files, meta, releases, rollouts, upload, versions
 from otakit.server.seen import SeenBuffer
 from otakit.server.settings import ServerSettings, load_settings
@@ -50,6 +51,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             secret = settings.console_secret or await repo.users.secret(
                 "console", lambda: secrets.token_urlsafe(48)
             )
+            await repo.changes.refresh()
             seen = SeenBuffer(repo.devices.touch)
             max_age = settings.latest_cache_seconds
             app.state.otakit = State(
@@ -64,9 +66,13 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
             async def advance_due() -> None:
                 if await repo.rollouts.advance_due(time.time()):
-                    await anyio.to_thread.run_sync(store.bump_stamp)
+                    await repo.changes.bump()
 
-            background = [Periodic("heartbeats", 2.0, seen.flush), Periodic("rollouts", 2.0, advance_due)]
+            background = [
+                Periodic("heartbeats", 2.0, seen.flush),
+                Periodic("rollouts", 2.0, advance_due),
+                Periodic("changes", REFRESH_SECONDS, repo.changes.refresh),
+            ]
             for task in background:
                 task.start()
             try:

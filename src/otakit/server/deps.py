@@ -6,7 +6,6 @@ import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
-import anyio.to_thread
 from fastapi import Depends, Request
 
 from otakit.errors import AuthError
@@ -59,7 +58,7 @@ def app_state(request: Request) -> State:
 async def ended_caches(state: State) -> None:
     """Before a change's 200: no process answers from a cache (``/latestVersion``, the fleet's hot
     paths) made before it."""
-    await anyio.to_thread.run_sync(state.store.bump_stamp)
+    await state.repo.changes.bump()
 
 
 async def _repo(request: Request) -> Repository:

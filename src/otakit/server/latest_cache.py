@@ -1,11 +1,13 @@
 """Per-process caches that are never stale after a change anywhere: answers of ``/latestVersion``, and
 what the fleet's hot paths read (device tokens, the released row, the active rollout, a device's view).
 
-Every entry remembers the file store's stamp it was made under; every commit that changes what they
-hold (an upload, a release, a rollout's change, a device deleted, accepted or pinned), in any process
-sharing the store, replaces the stamp, which empties the cache at the next request. Checking costs one
-``stat``. ``max_age`` bounds what a process could serve if another died between its database commit and
-its stamp change (and how late a device's inventory may be seen); 0 turns the cache off.
+Every entry remembers the stamp it was made under: the database's change counter as this process last
+read it (``repository.changes``). Every commit that changes what they hold (an upload, a release, a
+rollout's change, a device deleted, accepted or pinned), in any process on the database, bumps it,
+which empties the cache at the next request: at once in the process that made the change, within
+``REFRESH_SECONDS`` in the others. Checking costs nothing (no I/O). ``max_age`` bounds what a process
+could serve if another died between its commit and its bump (and how late a device's inventory may be
+seen); 0 turns the cache off.
 """
 
 from __future__ import annotations

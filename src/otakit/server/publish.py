@@ -90,7 +90,7 @@ async def publish(
         except BaseException:
             await _undo(repo, store, entry)
             raise
-        await run(store.bump_stamp)  # before the 200: no process answers from a cache made before it
+        await repo.changes.bump()  # before the 200: no process answers from a cache made before it
         if committed and replaced is not None:
             await run(store.delete_object, replaced.object_id)
         await run(store.end_journal, upload_id)
@@ -119,7 +119,7 @@ async def unpublish(repo: Repository, store: FileStore, key: VersionKey) -> bool
         except BaseException:
             await _undo(repo, store, entry)
             raise
-        await run(store.bump_stamp)  # before the 200: no process answers from a cache made before it
+        await repo.changes.bump()  # before the 200: no process answers from a cache made before it
         if row is not None:
             await run(store.delete_object, row.object_id)
         await run(store.end_journal, entry.upload_id)
@@ -186,5 +186,5 @@ async def recover(repo: Repository, store: FileStore) -> RecoveryReport:
             report.objects += 1
     report.incoming = await run(store.remove_stale_incoming)
     if report.journals:
-        await run(store.bump_stamp)
+        await repo.changes.bump()
     return report

@@ -60,14 +60,6 @@ class FileStore(abc.ABC):
         """Raise OSError unless the store can be read and written."""
 
     @abc.abstractmethod
-    def stamp(self) -> object:
-        """A value that changes whenever any process sharing the store commits an upload (cheap)."""
-
-    @abc.abstractmethod
-    def bump_stamp(self) -> None:
-        """Change ``stamp()`` for every process sharing the store."""
-
-    @abc.abstractmethod
     def incoming(self) -> IncomingFile: ...
 
     @abc.abstractmethod

@@ -4,7 +4,6 @@
     <root>/.objects/<upload id>                                    one immutable file per accepted upload
     <root>/.incoming/<upload id>.part                              uploads being received (flock-held)
     <root>/.journal/<upload id>.json                               uploads being committed (flock-held)
-    <root>/.stamp                                                  replaced after every commit
 
 Every change that must survive a crash is fsynced, file and folder. A flock marks what a live process
 holds, so several server processes can share one folder and each cleans only what a dead one left.
@@ -164,7 +163,6 @@ class LocalFileStore(FileStore):
         self._incoming = self.root / ".incoming"
         self._objects = self.root / ".objects"
         self._journal = self.root / ".journal"
-        self._stamp = self.root / ".stamp"
         self._journal_fds: dict[str, int] = {}
 
     def prepare(self) -> None:
@@ -175,21 +173,6 @@ class LocalFileStore(FileStore):
         for folder in (self._incoming, self._objects):
             if not os.access(folder, os.R_OK | os.W_OK | os.X_OK):
                 raise OSError(f"{folder} is not a writable folder")
-
-    # -- change stamp -------------------------------------------------------------------------------
-    def stamp(self) -> object:
-        try:
-            info = os.stat(self._stamp)
-        except FileNotFoundError:
-            return None
-        return (info.st_ino, info.st_mtime_ns)
-
-    def bump_stamp(self) -> None:
-        # A new file renamed over the stamp: a new inode, so readers see the change even within one
-        # clock tick. Not fsynced: after a power loss every process starts with empty caches anyway.
-        temp = self.root / f".stamp.{uuid.uuid4().hex}"
-        temp.write_bytes(os.urandom(8))
-        os.replace(temp, self._stamp)
 
     # -- uploads in flight --------------------------------------------------------------------------
     def incoming(self) -> _LocalIncoming:

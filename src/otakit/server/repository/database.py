@@ -7,6 +7,7 @@ from contextlib import AbstractAsyncContextManager
 
 from otakit.server.db import Driver
 from otakit.server.db.migrations import upgrade
+from otakit.server.repository.changes import Changes
 from otakit.server.repository.devices import Devices
 from otakit.server.repository.rollouts import Rollouts
 from otakit.server.repository.users import Users
@@ -28,6 +29,7 @@ class Repository:
         self.devices = Devices(driver)
         self.rollouts = Rollouts(driver)
         self.users = Users(driver)
+        self.changes = Changes(driver)
 
     def __repr__(self) -> str:
         return f"Repository({self.driver!r})"

@@ -60,7 +60,7 @@ async def _device(request: Request, device_id: str) -> str:
         raise AuthError("a device token is required: send 'Authorization: Bearer <token>'")
     state = app_state(request)
     key = ("token", token_hash(token))
-    stamp = state.store.stamp()
+    stamp = state.repo.changes.stamp
     found, owner = state.cache.lookup(key, stamp)
     if not found:
         # Cached under the stamp, which a device's deletion replaces: a deleted token opens nothing.

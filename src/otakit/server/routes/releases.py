@@ -11,7 +11,6 @@ import contextlib
 import time
 from typing import Any
 
-import anyio.to_thread
 from fastapi import APIRouter
 from fastapi.responses import Response
 
@@ -66,7 +65,7 @@ async def set_released(
         with contextlib.suppress(ConflictError):  # ended by another writer meanwhile
             await repo.rollouts.apply(rollout, "release", now=time.time())
     # As after an upload's commit, before the 200: no process answers from a cache made before it.
-    await anyio.to_thread.run_sync(store.bump_stamp)
+    await repo.changes.bump()
 
 
 async def delete_version(repo: Repository, store: FileStore, package: str, branch: str, version: str) -> None:

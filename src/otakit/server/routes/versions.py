@@ -91,7 +91,7 @@ async def latest_version(request: Request) -> Response:
         body, etag = await offered_to(state, package, branch, check_name(device, "device"))
     else:
         key = (package, branch)
-        stamp = state.store.stamp()
+        stamp = state.repo.changes.stamp
         cached = state.latest.get(key, stamp)
         if cached is None:
             row = await state.repo.latest(package, branch)
@@ -128,7 +128,7 @@ async def offered_to(state: State, package: str, branch: str, device_id: str) ->
     release, rollout change and device change replaces: a steady fleet's polls cost no query.
     """
     repo = state.repo
-    stamp = state.store.stamp()
+    stamp = state.repo.changes.stamp
     device: Device | None = await _cached(
         state, stamp, ("view", device_id, package), lambda: repo.devices.offer_view(device_id, package)
     )
