@@ -299,3 +299,43 @@ async def test_an_answer_that_is_not_json_is_refused() -> None:
                 await fetch.latest(server.url, "app", "major")
             with pytest.raises(VerificationError):
                 await fetch.versions(server.url, "app", "major")
+
+
+# --- a server in redirect mode: 307 to a short-lived link of its object store ---
+
+
+async def test_a_redirect_is_followed_to_the_object_store(tmp_path: Path) -> None:
+    dest = tmp_path / "pkg.zip"
+    with CuttingServer(DATA, redirect_ttl=60) as server:
+        async with fetcher() as fetch:
+            await fetch.download(content(DATA, server.url), dest)
+    assert dest.read_bytes() == DATA
+    assert [(seen.path.split("/")[1], seen.status) for seen in server.seen] == [
+        ("otafiles", 307),
+        ("signed", 200),
+    ]
+
+
+async def test_a_link_cut_and_expired_is_asked_for_again_and_resumed(tmp_path: Path) -> None:
+    """The link is good for 0.2 s; the transfer is cut twice, each time after the link expired: each
+    retry asks the server for a new link and resumes where the bytes stopped."""
+    dest = tmp_path / "pkg.zip"
+    with CuttingServer(DATA, redirect_ttl=0.2, cut_after=700_000, cuts=2, stall=True) as server:
+        async with fetcher(timeout=0.4, backoff=0.05) as fetch:
+            await fetch.download(content(DATA, server.url), dest)
+    assert dest.read_bytes() == DATA
+    files = [seen for seen in server.seen if seen.path.startswith("/signed/")]
+    assert [seen.range for seen in files] == [None, "bytes=700000-", "bytes=1400000-"]
+    assert {seen.if_range for seen in files} == {None}  # the store's ETag is not the sha256
+    assert [seen.path for seen in server.seen].count("/otafiles/app/major/app-major-1.0.0.zip") == 3
+
+
+async def test_an_expired_link_is_retried_with_a_fresh_one(tmp_path: Path) -> None:
+    dest = tmp_path / "pkg.zip"
+    dest.write_bytes(DATA[:1_000_000])  # an earlier call's bytes
+    with CuttingServer(DATA, redirect_ttl=-1) as server:  # every link it hands out has expired
+        async with fetcher(retries=2) as fetch:
+            with pytest.raises(DownloadError, match=r"was refused \(HTTP 403\): it may have expired"):
+                await fetch.download(content(DATA, server.url), dest)
+    assert dest.read_bytes() == DATA[:1_000_000]  # kept, to resume next time
+    assert [seen.status for seen in server.seen] == [307, 403] * 3

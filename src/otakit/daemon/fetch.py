@@ -13,10 +13,10 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urljoin, urlsplit
 
 import anyio
 import anyio.to_thread
@@ -43,6 +43,7 @@ _CHUNK = 1024 * 1024  # written and hashed (in a thread) and reported per block
 _MAX_JSON = 16 * 1024 * 1024  # an answer of /latestVersion or /getVersion larger than this is refused
 _MAX_DELAY = 60.0
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_REDIRECTS = (301, 302, 303, 307, 308)
 _T = TypeVar("_T")
 
 
@@ -247,7 +248,7 @@ class Fetcher:
         writer = BlockWriter(sink.write, _CHUNK, written)
         try:
             try:
-                async with self._http.stream("GET", url, headers=headers) as response:
+                async with self._open(url, headers) as response:
                     status = response.status_code
                     if status == 416 and sink.size:
                         return  # we have as many bytes as the file or more: the caller verifies
@@ -279,6 +280,36 @@ class Fetcher:
                 await writer.abandon()  # no block is left in the thread once we leave
         if 0 <= total != sink.size:
             raise _Retry(f"the connection closed after {sink.size} of {total} bytes")
+
+    @contextlib.asynccontextmanager
+    async def _open(self, url: str, headers: dict[str, str]) -> AsyncIterator[httpx.Response]:
+        """GET the file at ``url``, following one redirect to where its bytes are (a server in redirect
+        mode answers 307 with a short-lived presigned link to its object store).
+
+        The link is asked for afresh on every attempt, so an expired one costs a retry, not the job: an
+        object store refuses an expired link (403, or 400/401) and that is retried, resuming with Range.
+        The link gets no If-Range: its object is immutable and its ETag is the store's, not the sha256
+        (a replaced version has another link; the sha256 check at the end catches stale bytes)."""
+        async with self._http.stream("GET", url, headers=headers, follow_redirects=False) as first:
+            if first.status_code not in _REDIRECTS:
+                yield first
+                return
+            location = first.headers.get("location")
+        if not location:
+            raise DownloadError(f"cannot download {url}: a redirect without a Location")
+        target = urljoin(url, location)
+        if urlsplit(target).scheme not in ("http", "https"):
+            raise DownloadError(f"cannot download {url}: it redirects to {target[:200]!r}")
+        direct = {key: value for key, value in headers.items() if key.lower() != "if-range"}
+        async with self._http.stream("GET", target, headers=direct, follow_redirects=False) as response:
+            if response.status_code in (400, 401, 403):
+                raise _Retry(
+                    f"the download link {urlsplit(target).path} was refused (HTTP {response.status_code}):"
+                    " it may have expired, so the server is asked for a new one"
+                )
+            if response.status_code in _REDIRECTS:
+                raise DownloadError(f"cannot download {url}: its download link redirects again")
+            yield response
 
     @staticmethod
     def _range_total(url: str, response: httpx.Response, offset: int) -> int:
