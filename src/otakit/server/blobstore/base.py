@@ -1,0 +1,160 @@
+"""The blob store interface: immutable objects named by upload id, reached asynchronously.
+
+One object per accepted upload. An upload streams in through an ``IncomingBlob`` (``begin`` →
+``write``… → ``complete`` or ``abort``) and is invisible until ``complete()`` returns; what the database
+points at is then the object id. An upload that neither completed nor aborted (its process was killed)
+shows in ``unfinished()`` until ``abort_unfinished`` clears it, so that recovery and ``fsck`` can sweep
+what a crash left. Hashing is the caller's: a driver only moves bytes.
+
+Errors: a store that cannot be reached or refuses to work (connection errors, timeouts, 5xx, refused
+credentials, a missing bucket) raises ``otakit.errors.UnavailableError`` with one sentence; a missing
+object raises ``FileNotFoundError`` where the method says so; misuse (a bad object id, a write after
+``complete``) raises ``ValueError`` or ``RuntimeError`` and is a bug of the caller.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+__all__ = [
+    "BlobRange",
+    "BlobReader",
+    "BlobStore",
+    "IncomingBlob",
+    "RangeNotSatisfiableError",
+    "check_object_id",
+]
+
+_OBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def check_object_id(object_id: str) -> str:
+    """``object_id`` when it is a safe single key segment (upload ids are hex), else ``ValueError``."""
+    if not _OBJECT_ID.fullmatch(object_id):
+        raise ValueError(f"{object_id!r} is not a valid object id")
+    return object_id
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRange:
+    """The bytes a reader yields: ``start``..``end`` inclusive of an object of ``total`` bytes.
+
+    For an empty object read whole, ``start`` is 0, ``end`` is -1 and ``length`` is 0.
+    """
+
+    start: int
+    end: int
+    total: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+class RangeNotSatisfiableError(ValueError):
+    """``open_range`` was asked to start at or past the end of the object (HTTP 416)."""
+
+    def __init__(self, object_id: str, start: int, total: int) -> None:
+        super().__init__(f"object {object_id} has {total} bytes; a range cannot start at byte {start}")
+        self.object_id = object_id
+        self.start = start
+        self.total = total
+
+
+class BlobReader(AsyncIterator[bytes]):
+    """The chunks of an object's range, streamed. Iterate to the end or ``aclose()`` it (or both)."""
+
+    range: BlobRange
+
+    def __aiter__(self) -> BlobReader:
+        return self
+
+    @abc.abstractmethod
+    async def __anext__(self) -> bytes: ...
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release the connection; safe to call twice and after the last chunk."""
+
+    async def read_all(self) -> bytes:
+        """Every remaining byte (for tests and small objects)."""
+        try:
+            return b"".join([chunk async for chunk in self])
+        finally:
+            await self.aclose()
+
+
+class IncomingBlob(abc.ABC):
+    """An upload in flight, not visible to readers until ``complete()`` returns."""
+
+    object_id: str
+    size: int  # bytes written so far
+
+    @abc.abstractmethod
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` (any size); a driver may buffer it up to its part size."""
+
+    @abc.abstractmethod
+    async def complete(self) -> None:
+        """Make the object visible under ``object_id`` (durably, as the store defines it)."""
+
+    @abc.abstractmethod
+    async def abort(self) -> None:
+        """Drop everything written: no object and no unfinished upload remains. Safe to call twice."""
+
+
+class BlobStore(abc.ABC):
+    """Immutable objects named by upload id."""
+
+    @abc.abstractmethod
+    async def begin(self, object_id: str) -> IncomingBlob:
+        """Start an upload that will become the object ``object_id``."""
+
+    @abc.abstractmethod
+    async def open_range(self, object_id: str, start: int = 0, end: int | None = None) -> BlobReader:
+        """Stream bytes ``start``..``end`` (inclusive, like HTTP Range; ``None``: to the end).
+
+        An ``end`` past the last byte is cut to it (as HTTP does). ``start`` at or past the end raises
+        ``RangeNotSatisfiableError``, except that reading an empty object whole (``start=0, end=None``)
+        yields no chunk. ``FileNotFoundError`` when there is no such object. The request is made here,
+        so every error comes from this call, before the first chunk.
+        """
+
+    @abc.abstractmethod
+    async def size(self, object_id: str) -> int:
+        """The object's length in bytes; ``FileNotFoundError`` when there is no such object."""
+
+    @abc.abstractmethod
+    async def delete(self, object_id: str) -> None:
+        """Remove the object; a missing one is fine."""
+
+    @abc.abstractmethod
+    def object_ids(self) -> AsyncIterator[str]:
+        """Every complete object's id (in no promised order)."""
+
+    @abc.abstractmethod
+    async def unfinished(self) -> list[str]:
+        """Object ids of uploads begun and neither completed nor aborted (by any process)."""
+
+    @abc.abstractmethod
+    async def abort_unfinished(self, object_id: str) -> None:
+        """Drop what an unfinished upload of ``object_id`` left; nothing there is fine."""
+
+    @abc.abstractmethod
+    async def download_url(
+        self, object_id: str, *, expires_s: int, filename: str | None = None
+    ) -> str | None:
+        """A URL clients can GET (with Range) for ``expires_s`` seconds, or ``None`` when the store has
+        none. ``filename`` asks for a ``Content-Disposition: attachment`` with that name. The object is
+        not looked up."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise ``UnavailableError`` unless the store answers (and accepts our credentials)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections. Uploads in flight are left as they are (``unfinished()`` finds them)."""

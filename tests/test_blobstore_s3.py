@@ -1,0 +1,565 @@
+"""The blob store contract, against a real SeaweedFS S3 server (and any future driver: ``STORE_KINDS``).
+
+Range semantics (as HTTP): ``end`` past the last byte is cut to it; ``start`` at or past the end raises
+``RangeNotSatisfiableError`` (which carries the size, for a 416's ``Content-Range: bytes */size``); an
+empty object read whole yields nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+import time
+import tracemalloc
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from otakit.errors import UnavailableError, ValidationError
+from otakit.server.blobstore import BlobStore, RangeNotSatisfiableError, S3BlobStore, s3_store_from_url
+from otakit.server.blobstore.s3 import MIN_PART_SIZE
+from tests.s3_server import S3Server, run_weed
+from tests.servers import free_port
+
+pytestmark = pytest.mark.anyio
+
+MiB = 1024 * 1024
+PART = MIN_PART_SIZE  # the stores under test use S3's smallest part, so that few bytes make many parts
+STORE_KINDS = ["s3"]
+
+StoreFactory = Callable[[], BlobStore]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with run_weed(tmp_path_factory.mktemp("weed")) as server:
+        print(f"\nSeaweedFS started in {server.started_in_s:.2f} s at {server.endpoint}")
+        yield server
+
+
+@pytest.fixture(params=STORE_KINDS)
+async def new_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
+    """Opens stores on one fresh, empty place: each call is another process sharing it."""
+    opened: list[BlobStore] = []
+    place = f"test-{secrets.token_hex(6)}"
+    if request.param == "s3":
+        server: S3Server = request.getfixturevalue("s3_server")
+
+        def factory() -> BlobStore:
+            store = S3BlobStore(server.bucket, f"runs/{place}", part_size=PART, **server.settings())
+            opened.append(store)
+            return store
+
+    else:  # pragma: no cover - the local driver joins here
+        raise AssertionError(request.param)
+    try:
+        yield factory
+    finally:
+        for store in opened:
+            await store.close()
+
+
+@pytest.fixture
+def store(new_store: StoreFactory) -> BlobStore:
+    return new_store()
+
+
+def oid() -> str:
+    return secrets.token_hex(16)
+
+
+async def put(store: BlobStore, object_id: str, data: bytes, block: int = 4 * MiB) -> None:
+    incoming = await store.begin(object_id)
+    for at in range(0, len(data), block):
+        await incoming.write(data[at : at + block])
+    await incoming.complete()
+
+
+async def read(store: BlobStore, object_id: str, start: int = 0, end: int | None = None) -> bytes:
+    reader = await store.open_range(object_id, start, end)
+    return await reader.read_all()
+
+
+async def ids(store: BlobStore) -> set[str]:
+    return {object_id async for object_id in store.object_ids()}
+
+
+# --- round trips ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("size", "block"),
+    [
+        pytest.param(0, 1, id="empty"),
+        pytest.param(1, 1, id="one-byte"),
+        pytest.param(PART - 1, 1 * MiB, id="just-under-a-part"),
+        pytest.param(PART, 4 * MiB, id="exactly-one-part"),
+        pytest.param(PART + 1, 4 * MiB, id="one-part-and-a-byte"),
+        pytest.param(20 * MiB, 3 * MiB + 7, id="many-parts-odd-blocks"),
+        pytest.param(3 * PART, PART, id="whole-parts-in-part-blocks"),
+        pytest.param(2 * PART + 3, 11 * MiB, id="blocks-larger-than-a-part"),
+    ],
+)
+async def test_round_trip_is_byte_identical(store: BlobStore, size: int, block: int) -> None:
+    data = os.urandom(size)
+    object_id = oid()
+    await put(store, object_id, data, block)
+    assert await store.size(object_id) == size
+    assert await read(store, object_id) == data
+    assert object_id in await ids(store)
+    assert await store.unfinished() == []
+
+
+async def test_write_takes_any_bytes_like(store: BlobStore) -> None:
+    object_id = oid()
+    incoming = await store.begin(object_id)
+    await incoming.write(b"ab")
+    await incoming.write(bytearray(b"cd"))
+    await incoming.write(memoryview(b"xxefxx")[2:4])
+    assert incoming.size == 6
+    await incoming.complete()
+    assert await read(store, object_id) == b"abcdef"
+
+
+async def test_readers_stream_in_chunks(store: BlobStore) -> None:
+    data = os.urandom(3 * MiB)
+    object_id = oid()
+    await put(store, object_id, data)
+    reader = await store.open_range(object_id)
+    chunks = [chunk async for chunk in reader]
+    assert len(chunks) > 1
+    assert max(map(len, chunks)) <= MiB
+    assert b"".join(chunks) == data
+    await reader.aclose()  # after the end: harmless
+
+
+# --- ranges ----------------------------------------------------------------------------------------
+async def test_ranges_slice_like_http(store: BlobStore) -> None:
+    data = os.urandom(1000)
+    object_id = oid()
+    await put(store, object_id, data)
+    assert await read(store, object_id, 10) == data[10:]
+    assert await read(store, object_id, 10, 19) == data[10:20]
+    assert await read(store, object_id, 999) == data[999:]
+    assert await read(store, object_id, 999, 999) == data[999:]
+    assert await read(store, object_id, 0, 0) == data[:1]
+    assert await read(store, object_id, 990, 5000) == data[990:]  # an end past the last byte is cut
+    reader = await store.open_range(object_id, 990, 5000)
+    assert (reader.range.start, reader.range.end, reader.range.total, reader.range.length) == (
+        990,
+        999,
+        1000,
+        10,
+    )
+    await reader.aclose()
+    whole = await store.open_range(object_id)
+    assert (whole.range.start, whole.range.end, whole.range.total) == (0, 999, 1000)
+    await whole.aclose()
+
+
+@pytest.mark.parametrize("start", [1000, 1001, 10**9])
+async def test_a_range_past_the_end_is_not_satisfiable(store: BlobStore, start: int) -> None:
+    object_id = oid()
+    await put(store, object_id, os.urandom(1000))
+    with pytest.raises(RangeNotSatisfiableError) as caught:
+        await store.open_range(object_id, start)
+    assert caught.value.total == 1000
+    assert caught.value.start == start
+
+
+async def test_an_empty_object_reads_whole_but_has_no_range(store: BlobStore) -> None:
+    object_id = oid()
+    await put(store, object_id, b"")
+    reader = await store.open_range(object_id)
+    assert reader.range.length == 0
+    assert await reader.read_all() == b""
+    with pytest.raises(RangeNotSatisfiableError) as caught:
+        await store.open_range(object_id, 0, 0)
+    assert caught.value.total == 0
+
+
+async def test_bad_ranges_and_ids_are_the_callers_bug(store: BlobStore) -> None:
+    with pytest.raises(ValueError, match="range"):
+        await store.open_range(oid(), -1)
+    with pytest.raises(ValueError, match="range"):
+        await store.open_range(oid(), 5, 4)
+    for bad in ["", "a/b", "../x", "x y", ".hidden"]:
+        with pytest.raises(ValueError, match="object id"):
+            await store.begin(bad)
+        with pytest.raises(ValueError, match="object id"):
+            await store.size(bad)
+
+
+async def test_a_reader_closed_early_releases_its_connection(store: BlobStore) -> None:
+    object_id = oid()
+    await put(store, object_id, os.urandom(2 * MiB))
+    for _ in range(30):  # more than the pool holds: a leaked connection would block
+        reader = await store.open_range(object_id)
+        await reader.__anext__()
+        await reader.aclose()
+    unread = await store.open_range(object_id, 5)
+    await unread.aclose()
+    assert await read(store, object_id, 0, 3) != b""
+
+
+# --- visibility, abort, crashes ------------------------------------------------------------------
+async def test_missing_objects(store: BlobStore) -> None:
+    object_id = oid()
+    with pytest.raises(FileNotFoundError):
+        await store.open_range(object_id)
+    with pytest.raises(FileNotFoundError):
+        await store.open_range(object_id, 3, 5)
+    with pytest.raises(FileNotFoundError):
+        await store.size(object_id)
+    await store.delete(object_id)  # missing is fine
+
+
+async def test_delete_removes_an_object(store: BlobStore) -> None:
+    keep, gone = oid(), oid()
+    await put(store, keep, b"keep")
+    await put(store, gone, b"gone")
+    assert await ids(store) == {keep, gone}
+    await store.delete(gone)
+    await store.delete(gone)
+    assert await ids(store) == {keep}
+    with pytest.raises(FileNotFoundError):
+        await store.size(gone)
+
+
+async def test_an_object_is_invisible_until_complete(store: BlobStore) -> None:
+    object_id = oid()
+    incoming = await store.begin(object_id)
+    await incoming.write(os.urandom(PART + MiB))  # one part sent, one buffered
+    assert object_id not in await ids(store)
+    with pytest.raises(FileNotFoundError):
+        await store.open_range(object_id)
+    with pytest.raises(FileNotFoundError):
+        await store.size(object_id)
+    await incoming.complete()
+    assert await store.size(object_id) == PART + MiB
+    assert object_id in await ids(store)
+    with pytest.raises(RuntimeError):
+        await incoming.write(b"more")
+    with pytest.raises(RuntimeError):
+        await incoming.abort()
+
+
+@pytest.mark.parametrize(
+    "size", [0, 10, PART + 10, 3 * PART], ids=["nothing", "small", "parts", "whole-parts"]
+)
+async def test_abort_leaves_nothing(store: BlobStore, size: int) -> None:
+    object_id = oid()
+    incoming = await store.begin(object_id)
+    if size:
+        await incoming.write(os.urandom(size))
+    await incoming.abort()
+    await incoming.abort()  # twice is fine
+    assert await ids(store) == set()
+    assert await store.unfinished() == []
+    with pytest.raises(FileNotFoundError):
+        await store.size(object_id)
+    with pytest.raises(RuntimeError):
+        await incoming.write(b"x")
+    with pytest.raises(RuntimeError):
+        await incoming.complete()
+
+
+async def test_an_abandoned_upload_is_unfinished_until_swept(new_store: StoreFactory) -> None:
+    survivor = new_store()
+    crashed = new_store()
+    big, small, done = oid(), oid(), oid()
+    await put(survivor, done, b"done")
+    incoming = await crashed.begin(big)
+    await incoming.write(os.urandom(2 * PART + 100))  # two parts sent
+    tiny = await crashed.begin(small)
+    await tiny.write(b"only in memory")
+    await crashed.close()  # the process dies: no complete, no abort
+
+    assert await survivor.unfinished() == [big]  # what never left memory left nothing
+    assert await ids(survivor) == {done}
+    with pytest.raises(FileNotFoundError):
+        await survivor.open_range(big)
+    await survivor.abort_unfinished(big)
+    await survivor.abort_unfinished(big)  # nothing left: fine
+    await survivor.abort_unfinished(oid())
+    assert await survivor.unfinished() == []
+    assert await ids(survivor) == {done}
+
+
+async def test_two_uploads_in_flight_do_not_mix(store: BlobStore) -> None:
+    a, b = oid(), oid()
+    data_a, data_b = os.urandom(2 * PART + 5), os.urandom(PART + 9)
+    up_a, up_b = await store.begin(a), await store.begin(b)
+    for at in range(0, max(len(data_a), len(data_b)), MiB):
+        if at < len(data_a):
+            await up_a.write(data_a[at : at + MiB])
+        if at < len(data_b):
+            await up_b.write(data_b[at : at + MiB])
+    assert sorted(await store.unfinished()) == sorted([a, b])
+    await up_b.complete()
+    await up_a.complete()
+    assert await read(store, a) == data_a
+    assert await read(store, b) == data_b
+    assert await store.unfinished() == []
+
+
+# --- download URLs -------------------------------------------------------------------------------
+async def test_download_urls_serve_bytes_and_ranges(store: BlobStore) -> None:
+    data = os.urandom(PART + 1234)
+    object_id = oid()
+    await put(store, object_id, data)
+    url = await store.download_url(object_id, expires_s=60, filename="pkg-main-1.0.zip")
+    if url is None:
+        pytest.skip("this store has no download URLs")
+    async with httpx.AsyncClient(timeout=30) as client:
+        whole = await client.get(url)
+        assert whole.status_code == 200
+        assert whole.content == data
+        assert whole.headers["content-disposition"] == 'attachment; filename="pkg-main-1.0.zip"'
+        part = await client.get(url, headers={"Range": "bytes=100-199"})
+        assert part.status_code == 206
+        assert part.content == data[100:200]
+        assert part.headers["content-range"] == f"bytes 100-199/{len(data)}"
+        tail = await client.get(url, headers={"Range": f"bytes={len(data) - 10}-"})
+        assert (tail.status_code, tail.content) == (206, data[-10:])
+        unsigned = await client.get(url.split("?")[0])
+        assert unsigned.status_code == 403  # the bucket is not public: the signature is what opens it
+
+
+async def test_download_urls_name_files_beyond_ascii(store: BlobStore) -> None:
+    object_id = oid()
+    await put(store, object_id, b"bytes")
+    url = await store.download_url(object_id, expires_s=60, filename='paquet "été".zip')
+    if url is None:
+        pytest.skip("this store has no download URLs")
+    async with httpx.AsyncClient(timeout=30) as client:
+        answer = await client.get(url)
+    assert answer.content == b"bytes"
+    disposition = answer.headers["content-disposition"]
+    assert disposition.startswith('attachment; filename="paquet _')
+    assert "filename*=UTF-8''paquet%20%22%C3%A9t%C3%A9%22.zip" in disposition
+
+
+async def test_download_urls_expire(store: BlobStore) -> None:
+    object_id = oid()
+    await put(store, object_id, b"soon gone")
+    url = await store.download_url(object_id, expires_s=1)
+    if url is None:
+        pytest.skip("this store has no download URLs")
+    async with httpx.AsyncClient(timeout=30) as client:
+        assert (await client.get(url)).content == b"soon gone"
+        await asyncio.sleep(2.2)
+        expired = await client.get(url)
+    assert expired.status_code == 403
+    assert "expired" in expired.text.lower()
+
+
+async def test_download_urls_are_signed_for_the_public_endpoint(s3_server: S3Server) -> None:
+    public = f"http://localhost:{s3_server.ports['s3']}"
+    store = S3BlobStore(s3_server.bucket, "public-test", **s3_server.settings(public_endpoint=public))
+    try:
+        object_id = oid()
+        await put(store, object_id, b"via the public name")
+        url = await store.download_url(object_id, expires_s=60)
+        assert url is not None
+        assert url.startswith(f"{public}/{s3_server.bucket}/public-test/objects/{object_id}?")
+        async with httpx.AsyncClient(timeout=30) as client:
+            answer = await client.get(url)
+        assert (answer.status_code, answer.content) == (200, b"via the public name")
+        await store.delete(object_id)
+    finally:
+        await store.close()
+
+
+# --- outages -------------------------------------------------------------------------------------
+async def test_a_stopped_server_is_unavailable(tmp_path: Path) -> None:
+    with run_weed(tmp_path / "weed") as server:
+        store = S3BlobStore(server.bucket, "p", part_size=PART, **server.settings(max_attempts=2))
+        try:
+            await store.ping()
+            kept = oid()
+            await put(store, kept, b"kept")
+            incoming = await store.begin(oid())
+            await incoming.write(os.urandom(PART + 1))
+            server.stop()
+
+            started = time.monotonic()
+            with pytest.raises(UnavailableError, match="cannot be reached"):
+                await store.ping()
+            assert time.monotonic() - started < 10
+            with pytest.raises(UnavailableError, match="cannot be reached"):
+                await incoming.write(os.urandom(PART))
+            with pytest.raises(UnavailableError):
+                await incoming.abort()
+            small = await store.begin(oid())
+            await small.write(b"x")
+            with pytest.raises(UnavailableError):
+                await small.complete()
+            late = await store.begin(oid())
+            with pytest.raises(UnavailableError):
+                await late.write(os.urandom(PART))
+            with pytest.raises(UnavailableError):
+                await store.open_range(kept)
+            with pytest.raises(UnavailableError):
+                await store.size(kept)
+            with pytest.raises(UnavailableError):
+                await store.unfinished()
+            with pytest.raises(UnavailableError):
+                [object_id async for object_id in store.object_ids()]
+            assert await store.download_url(kept, expires_s=60) is not None  # signing needs no server
+        finally:
+            await store.close()
+
+
+async def test_nothing_listening_is_unavailable() -> None:
+    store = S3BlobStore(
+        "bucket", endpoint=f"http://127.0.0.1:{free_port()}", access_key="a", secret_key="b", max_attempts=1
+    )
+    try:
+        with pytest.raises(
+            UnavailableError, match=r"^the S3 store at http://127\.0\.0\.1:\d+ \(bucket bucket\)"
+        ):
+            await store.ping()
+    finally:
+        await store.close()
+
+
+async def test_wrong_credentials_and_missing_buckets_are_unavailable(s3_server: S3Server) -> None:
+    wrong = S3BlobStore(s3_server.bucket, **s3_server.settings(secret_key="not-the-secret"))
+    missing = S3BlobStore(f"no-such-{secrets.token_hex(4)}", **s3_server.settings())
+    try:
+        with pytest.raises(UnavailableError, match="refused"):
+            await wrong.ping()
+        with pytest.raises(UnavailableError, match="refused"):
+            await wrong.size(oid())
+        with pytest.raises(UnavailableError, match="no such bucket"):
+            await missing.ping()
+        with pytest.raises(UnavailableError, match="no such bucket"):
+            await missing.unfinished()
+    finally:
+        await wrong.close()
+        await missing.close()
+
+
+async def test_a_closed_store_is_closed(store: BlobStore) -> None:
+    await store.ping()
+    await store.close()
+    await store.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await store.ping()
+
+
+# --- memory ------------------------------------------------------------------------------------------
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.slow
+async def test_a_large_upload_keeps_memory_flat(s3_server: S3Server) -> None:
+    """256 MiB in 4 MiB blocks through 8 MiB parts: the process grows by far less than 64 MiB.
+
+    Measured twice: the resident set sampled during the upload (which memory freed by earlier tests can
+    hide), and tracemalloc's peak of what Python allocated during it (which C buffers can hide).
+    """
+    total, block_size = 256 * MiB, 4 * MiB
+    store = S3BlobStore(s3_server.bucket, "memory-test", **s3_server.settings())
+    block = bytearray(os.urandom(block_size))
+    object_id = oid()
+    written = hashlib.sha256()
+    peak = baseline = _rss()
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss())
+            await asyncio.sleep(0.005)
+
+    try:
+        await store.ping()
+        baseline = _rss()
+        sampler = asyncio.create_task(sample())
+        tracemalloc.start()
+        traced_before = tracemalloc.get_traced_memory()[0]
+        started = time.monotonic()
+        incoming = await store.begin(object_id)
+        for index in range(total // block_size):
+            block[:8] = index.to_bytes(8, "big")  # every block differs
+            written.update(block)
+            await incoming.write(block)
+            peak = max(peak, _rss())
+        await incoming.complete()
+        elapsed = time.monotonic() - started
+        traced_peak = tracemalloc.get_traced_memory()[1] - traced_before
+        tracemalloc.stop()
+        done.set()
+        await sampler
+        growth = peak - baseline
+        print(
+            f"\n256 MiB upload: {elapsed:.2f} s ({total / MiB / elapsed:.0f} MiB/s, with tracemalloc on),"
+            f" RSS +{growth / MiB:.1f} MiB, Python peak +{traced_peak / MiB:.1f} MiB"
+        )
+        assert growth < 64 * MiB
+        assert traced_peak < 64 * MiB
+
+        assert await store.size(object_id) == total
+        read_back = hashlib.sha256()
+        async for chunk in await store.open_range(object_id):
+            read_back.update(chunk)
+        assert read_back.hexdigest() == written.hexdigest()
+    finally:
+        done.set()
+        if tracemalloc.is_tracing():
+            tracemalloc.stop()
+        await store.delete(object_id)
+        await store.close()
+
+
+# --- URLs ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("url", "bucket", "prefix"),
+    [
+        ("s3://otakit", "otakit", ""),
+        ("s3://otakit/", "otakit", ""),
+        ("s3://otakit/packages", "otakit", "packages"),
+        ("s3://my.bucket-1/a/b/", "my.bucket-1", "a/b"),
+    ],
+)
+def test_s3_urls(url: str, bucket: str, prefix: str) -> None:
+    store = s3_store_from_url(url, endpoint="http://127.0.0.1:9", access_key="a", secret_key="b")
+    assert (store.bucket, store.prefix, store.endpoint) == (bucket, prefix, "http://127.0.0.1:9")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///var/lib/otakit",
+        "s3://",
+        "s3:///prefix",
+        "s3://ab",
+        "s3://Upper",
+        "s3://under_score",
+        "s3://-dash",
+        "s3://a..b",
+        "s3://bucket:9000/x",
+        "s3://key:secret@bucket/x",
+        "s3://bucket/x?region=eu",
+        "s3://bucket/x#y",
+        "s3://bucket/a//b",
+        "s3://bucket/a/../b",
+        "https://bucket.s3.amazonaws.com/x",
+    ],
+)
+def test_bad_s3_urls(url: str) -> None:
+    with pytest.raises(ValidationError):
+        s3_store_from_url(url, endpoint="http://127.0.0.1:9")
+
+
+def test_part_sizes_are_checked() -> None:
+    with pytest.raises(ValueError, match="part_size"):
+        S3BlobStore("bucket", part_size=MIN_PART_SIZE - 1)
+    with pytest.raises(ValueError, match="part_size"):
+        S3BlobStore("bucket", part_size=6 * 1024 * MiB)
