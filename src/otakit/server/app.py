@@ -22,6 +22,7 @@ from otakit.server.publish import recover
 from otakit.server.repository import open_repository
 from otakit.server.repository.changes import REFRESH_SECONDS
 from otakit.server.routes import devices, files, meta, releases, rollouts, upload, versions
+from otakit.server.routes.metrics import add_metrics
 from otakit.server.seen import SeenBuffer
 from otakit.server.settings import ServerSettings, load_settings
 from otakit.web import answer, install_error_handlers
@@ -112,4 +113,6 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     ):
         app.include_router(router)
     add_console(app)
+    if settings.metrics_enabled:
+        add_metrics(app)
     return app

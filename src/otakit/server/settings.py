@@ -74,6 +74,12 @@ class ServerSettings(BaseSettings):
     console_session_seconds: int = Field(
         8 * 3600, ge=60, le=30 * 86400, description="how long a console login lasts"
     )
+    metrics_enabled: bool = Field(
+        True, description="count requests and bytes and serve GET /metrics (Prometheus text format)"
+    )
+    metrics_token: str | None = Field(
+        None, min_length=1, description="when set, GET /metrics needs 'Authorization: Bearer <it>'"
+    )
     forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description=(

@@ -27,6 +27,7 @@ from otakit.server.console.chart import version_chart
 from otakit.server.console.render import STREAMED, ConsoleRoute, back_to, render
 from otakit.server.deps import State, app_state
 from otakit.server.filestore import FileStore
+from otakit.server.metrics import count_received
 from otakit.server.repository import VersionRow
 from otakit.server.repository.rollouts import RolloutRow
 from otakit.server.routes.releases import delete_version, set_released
@@ -137,7 +138,7 @@ async def upload(request: Request, who: OperatorDep) -> Response:
     async def on_hold(value: bytes) -> None:
         options.hold = truthy(value.decode("latin-1"))
 
-    chunks = request.stream()
+    chunks = count_received(request.scope, request.stream())  # otakit_upload_bytes_total
     try:
         content = await receive_version(
             state.repo,

@@ -5,14 +5,24 @@ from __future__ import annotations
 import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from otakit.errors import NotFoundError, ValidationError
 from otakit.names import check_name
 from otakit.server.deps import RepoDep, StoreDep
+from otakit.server.metrics import count_sent
 from otakit.server.repository import VersionKey
 from otakit.server.responses import ObjectFileResponse
 from otakit.versions import version_key
 from otakit.web import etag_matches
+
+
+class _Download(ObjectFileResponse):
+    """Counts the bytes it really sends (a Range's part, none for HEAD): otakit_download_bytes_total."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, count_sent(scope, send))
+
 
 router = APIRouter(tags=["files"])
 
@@ -44,7 +54,7 @@ async def _serve(request: Request, repo: RepoDep, store: StoreDep, path: str) ->
             file = await anyio.to_thread.run_sync(store.open_object, row.object_id)
         except FileNotFoundError:
             continue  # replaced by a forced upload between the lookup and the open: look again
-        return ObjectFileResponse(file, etag=etag, filename=f"{package}-{branch}-{version}.zip")
+        return _Download(file, etag=etag, filename=f"{package}-{branch}-{version}.zip")
     raise NotFoundError(f"no file {package}-{branch}-{version}.zip")
 
 

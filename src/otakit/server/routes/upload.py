@@ -20,6 +20,7 @@ from otakit.content import Content, parse_content
 from otakit.errors import TooLargeError, ValidationError
 from otakit.server.deps import PublisherDep, RepoDep, SettingsDep, StoreDep
 from otakit.server.filestore import FileStore, IncomingFile
+from otakit.server.metrics import count_received
 from otakit.server.publish import publish, version_exists
 from otakit.server.receive import receive_upload
 from otakit.server.repository import Repository, VersionKey
@@ -163,5 +164,6 @@ async def upload(
     ] = None,
 ) -> Response:
     options = UploadOptions(force=truthy(force) or truthy(overwrite), hold=truthy(hold))
-    await receive_version(repo, store, settings, request.stream(), request.headers, options)
+    chunks = count_received(request.scope, request.stream())  # otakit_upload_bytes_total, as it streams
+    await receive_version(repo, store, settings, chunks, request.headers, options)
     return answer(200)
