@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from otakit.server.repository import Repository, open_repository
 from tests.databases import BACKENDS, MySQLServer, database_url, mysql_database
 from tests.servers import RunningServer, run_server
 
@@ -59,3 +60,11 @@ def repo_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> st
     server: MySQLServer = request.getfixturevalue("mysql_server")
     server.reset()
     return server.url
+
+
+@pytest.fixture
+async def repo(repo_url: str) -> AsyncIterator[Repository]:
+    """A connected repository on an empty, upgraded database of each backend (the contract suites')."""
+    async with open_repository(repo_url) as repository:
+        await repository.upgrade()
+        yield repository

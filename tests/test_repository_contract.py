@@ -6,7 +6,6 @@ import asyncio
 import json
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 
@@ -21,13 +20,6 @@ from otakit.versions import version_key
 from tests.databases import MySQLServer, mysql_connect
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def repo(repo_url: str) -> AsyncIterator[Repository]:
-    async with open_repository(repo_url) as repository:
-        await repository.upgrade()
-        yield repository
 
 
 def make_row(

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from otakit.errors import ConflictError
 from otakit.rollout import Policy, Position, Rollout
-from otakit.server.repository import Repository, open_repository
+from otakit.server.repository import Repository
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def repo(repo_url: str) -> AsyncIterator[Repository]:
-    async with open_repository(repo_url) as repository:
-        await repository.upgrade()
-        yield repository
 
 
 def rules(version: str = "2.0", phases: tuple[float, ...] = (10, 50, 100), **policy: object) -> Rollout:

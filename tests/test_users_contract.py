@@ -3,8 +3,6 @@ against SQLite and MySQL/MariaDB alike."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import anyio
 import pytest
 
@@ -12,13 +10,6 @@ from otakit.errors import ConflictError
 from otakit.server.repository import Repository, open_repository
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def repo(repo_url: str) -> AsyncIterator[Repository]:
-    async with open_repository(repo_url) as repository:
-        await repository.upgrade()
-        yield repository
 
 
 async def test_operators(repo: Repository) -> None:
