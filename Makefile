@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve demo screenshots test lint typecheck pytest install bench clean
+.PHONY: serve demo cluster screenshots test lint typecheck pytest install bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ serve: $(STAMP)
 # a server, real daemons and a rollout that pauses itself (deploy/demo.py --help for its options)
 demo: $(STAMP)
 	$(BIN)/python deploy/demo.py $(DEMO_ARGS)
+
+# several servers on one MariaDB database and one files folder behind nginx (deploy/cluster/run.py --help)
+cluster: $(STAMP)
+	$(BIN)/python deploy/cluster/run.py $(CLUSTER_ARGS)
 
 # the README's console pictures, from the browser test that drives `make demo`
 screenshots: $(STAMP)
