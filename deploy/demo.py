@@ -10,23 +10,29 @@ exits 1, naming the step and the log to read.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
+from supervise import (
+    Children,
+    StepError,
+    box,
+    child_env,
+    free_port,
+    port_is_free,
+    prepare_folder,
+    run,
+    say,
+    wait_for,
+)
 
 from otakit.rollout import bucket
 
@@ -50,130 +56,6 @@ BAD_AFTER = (
 GOOD_AFTER = "cat version.txt"
 ROLLOUT_POLICY = {"max_failure_rate": 0.25, "min_reports": 2}
 
-T = TypeVar("T")
-
-
-class DemoError(Exception):
-    """A step that failed or did not happen in time; the message says which and where to look."""
-
-
-def say(line: str) -> None:
-    print(line, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no owner
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-@dataclass
-class Child:
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def tail(self, lines: int = 15) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join("    " + line for line in text.splitlines()[-lines:])
-
-
-class Children:
-    """The processes the demo started: each in a process group of its own, so that a Ctrl-C at the
-    terminal reaches the demo only, which then stops the daemons first and the server last."""
-
-    def __init__(self) -> None:
-        self.server: Child | None = None
-        self.daemons: list[Child] = []
-
-    def start(self, name: str, argv: list[str], *, env: dict[str, str], cwd: Path, log: Path) -> Child:
-        with open(log, "ab") as out:
-            process = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                process_group=0,
-            )
-        return Child(name, process, log)
-
-    def check_alive(self) -> None:
-        for child in [*([self.server] if self.server else []), *self.daemons]:
-            code = child.process.poll()
-            if code is not None:
-                raise DemoError(f"{child.name} exited with status {code}; {child.log}:\n{child.tail()}")
-
-    def stop_all(self) -> None:
-        for child in self.daemons:
-            _signal(child, signal.SIGTERM)
-        for child in self.daemons:
-            _wait_or_kill(child, 30)
-        if self.server is not None:
-            _signal(self.server, signal.SIGTERM)
-            _wait_or_kill(self.server, 15)
-
-
-def _signal(child: Child, signum: int) -> None:
-    if child.process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.process.pid, signum)
-
-
-def _wait_or_kill(child: Child, seconds: float) -> None:
-    try:
-        child.process.wait(seconds)
-    except subprocess.TimeoutExpired:
-        say(f"  {child.name} did not stop within {seconds:g} s; killing it")
-        _signal(child, signal.SIGKILL)
-        child.process.wait(10)
-
-
-def wait_for(
-    what: str, probe: Callable[[], T | None], children: Children, timeout: float = STEP_TIMEOUT
-) -> T:
-    """Call ``probe`` until it returns something other than None or False; DemoError after ``timeout``
-    seconds, or as soon as a process the demo started has died."""
-    deadline = time.monotonic() + timeout
-    while True:
-        children.check_alive()
-        try:
-            found = probe()
-        except httpx.TransportError:
-            found = None
-        if found is not None and found is not False:
-            return found
-        if time.monotonic() > deadline:
-            raise DemoError(f"{what}: not within {timeout:g} s")
-        time.sleep(0.2)
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment for a child: ours without any OTAKIT_* setting of the user's, plus ``extra``."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("OTAKIT_")}
-    return {**env, **extra}
-
-
-def prepare_folder(folder: Path) -> None:
-    if folder.exists():
-        if any(folder.iterdir()) and not (folder / MARKER).exists():
-            raise DemoError(f"{folder} exists and is not a demo folder (no {MARKER}); choose another --dir")
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    (folder / MARKER).write_text("made by deploy/demo.py; wiped at its next start\n")
-
 
 def cohort(ids: list[str]) -> tuple[list[str], float]:
     """The first phase's cohort for BAD (the two devices with the lowest buckets, or one) and its
@@ -185,17 +67,17 @@ def cohort(ids: list[str]) -> tuple[list[str], float]:
     if size < len(ranked) and percent * 100 > bucket(PACKAGE, BRANCH, BAD, ranked[size]):
         percent = (last + 1) / 100
     if percent >= 100:
-        raise DemoError(f"the cohort of {ranked[:size]} is the whole fleet; use other --devices")
+        raise StepError(f"the cohort of {ranked[:size]} is the whole fleet; use other --devices")
     return ranked[:size], percent
 
 
 class Demo:
-    def __init__(self, folder: Path, port: int, devices: int) -> None:
+    def __init__(self, children: Children, folder: Path, port: int, devices: int) -> None:
         self.folder = folder.resolve()
         self.port = port
         self.count = devices
         self.url = f"http://127.0.0.1:{port}"
-        self.children = Children()
+        self.children = children
         self.upload_token = secrets.token_urlsafe(18)
         self.admin_token = secrets.token_urlsafe(18)
         self.enroll_token = secrets.token_urlsafe(18)
@@ -235,12 +117,10 @@ class Demo:
     def start_server(self) -> None:
         say(f"[1/6] starting the server on {self.url} (files and SQLite in {self.folder})")
         if not port_is_free(self.port):
-            raise DemoError(f"port {self.port} is in use on 127.0.0.1; pass --port")
+            raise StepError(f"port {self.port} is in use on 127.0.0.1; pass --port")
         argv = [sys.executable, "-m", "otakit", "server", "--host", "127.0.0.1", "--port", str(self.port)]
         log = self.folder / "server.log"
-        self.children.server = self.children.start(
-            "the server", argv, env=self.server_env(), cwd=self.folder, log=log
-        )
+        self.children.start("the server", argv, env=self.server_env(), cwd=self.folder, log=log)
         wait_for(
             "the server answering /test",
             lambda: httpx.get(f"{self.url}/test", timeout=1).is_success,
@@ -259,7 +139,7 @@ class Demo:
         if done.returncode == 0:
             say(f"      {USER} can log in")
         else:
-            raise DemoError(
+            raise StepError(
                 f"otakit user add failed ({done.returncode}): {(done.stderr or done.stdout).strip()}"
             )
 
@@ -286,14 +166,13 @@ class Demo:
             }
             (folder / "daemon.json").write_text(json.dumps(config, indent=2) + "\n")
             extra = {FAULT_VARIABLE: FAULT} if device == self.failing else {}
-            self.children.daemons.append(
-                self.children.start(
-                    device,
-                    [sys.executable, "-m", "otakit.daemon", "--config", str(folder / "daemon.json")],
-                    env=child_env(**extra),
-                    cwd=folder,
-                    log=folder / "daemon.log",
-                )
+            self.children.start(
+                device,
+                [sys.executable, "-m", "otakit.daemon", "--config", str(folder / "daemon.json")],
+                env=child_env(**extra),
+                cwd=folder,
+                log=folder / "daemon.log",
+                stop_seconds=30,
             )
             self.device_apis[device] = httpx.Client(
                 base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}, timeout=30
@@ -337,7 +216,7 @@ class Demo:
         )
         # fmt: on
         if packed.returncode != 0:
-            raise DemoError(f"otakit pack failed: {(packed.stderr or packed.stdout).strip()}")
+            raise StepError(f"otakit pack failed: {(packed.stderr or packed.stdout).strip()}")
         zip_path = out / f"{PACKAGE}-{BRANCH}-{version}.zip"
         content = out / "content.json"
         if not hold:
@@ -346,7 +225,7 @@ class Demo:
                 "--token", self.upload_token,
             )  # fmt: skip
             if uploaded.returncode != 0:
-                raise DemoError(f"otakit upload failed: {(uploaded.stderr or uploaded.stdout).strip()}")
+                raise StepError(f"otakit upload failed: {(uploaded.stderr or uploaded.stdout).strip()}")
             return
         # `otakit upload` has no hold option: a held upload goes through the HTTP API.
         with open(zip_path, "rb") as file:
@@ -359,7 +238,7 @@ class Demo:
                 timeout=STEP_TIMEOUT,
             )
         if response.status_code != 200:
-            raise DemoError(f"the held upload of {version} failed: {response.status_code} {response.text}")
+            raise StepError(f"the held upload of {version} failed: {response.status_code} {response.text}")
 
     def install_everywhere(self) -> None:
         say(f"[4/6] publishing {PACKAGE} {GOOD} (released to all) and installing it on every device")
@@ -369,7 +248,7 @@ class Demo:
         for device, api in self.device_apis.items():
             response = api.post("/packages", json=body)
             if response.status_code != 202:
-                raise DemoError(f"{device} refused to install {PACKAGE}: {response.text}")
+                raise StepError(f"{device} refused to install {PACKAGE}: {response.text}")
             jobs[device] = response.json()["job"]["id"]
         for device, job_id in jobs.items():
             api = self.device_apis[device]
@@ -380,7 +259,7 @@ class Demo:
 
             job = wait_for(f"{device} installing {PACKAGE} {GOOD}", finished, self.children)
             if job["state"] != "succeeded":
-                raise DemoError(f"{device} could not install {PACKAGE} {GOOD}: {job['error']}")
+                raise StepError(f"{device} could not install {PACKAGE} {GOOD}: {job['error']}")
 
         def everyone_runs_it() -> bool:
             return all(self.runs(device) == GOOD for device in self.devices())
@@ -404,7 +283,7 @@ class Demo:
         }
         response = self.admin.post("/api/v1/rollouts", json=body)
         if response.status_code != 201:
-            raise DemoError(f"the rollout was refused: {response.status_code} {response.text}")
+            raise StepError(f"the rollout was refused: {response.status_code} {response.text}")
         rollout_id = response.json()["rollout"]["id"]
         say(
             f"      rollout {rollout_id}: first cohort {', '.join(self.first_cohort)}; "
@@ -417,7 +296,7 @@ class Demo:
         def paused() -> dict[str, Any] | None:
             found: dict[str, Any] = self.admin.get(f"/api/v1/rollouts/{rollout_id}").json()["rollout"]
             if found["state"] in ("completed", "aborted"):
-                raise DemoError(f"rollout {rollout_id} ended {found['state']} instead of pausing: {found}")
+                raise StepError(f"rollout {rollout_id} ended {found['state']} instead of pausing: {found}")
             return found if found["state"] == "paused" and found["paused_reason"] else None
 
         rollout = wait_for(f"rollout {rollout_id} pausing by itself", paused, self.children)
@@ -456,17 +335,8 @@ class Demo:
             "",
             "Ctrl-C to stop",
         ]
-        width = max(len(line) for line in lines)
         say("[6/6] ready")
-        say("+" + "-" * (width + 2) + "+")
-        for line in lines:
-            say(f"| {line:<{width}} |")
-        say("+" + "-" * (width + 2) + "+")
-
-    def wait_forever(self) -> None:
-        while True:
-            self.children.check_alive()
-            time.sleep(1)
+        box(lines)
 
     def close(self) -> None:
         self.admin.close()
@@ -483,10 +353,6 @@ def _otakit() -> str:
     return relative if len(relative) < len(str(path)) else str(path)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
@@ -500,39 +366,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.devices <= 50:
         parser.error("--devices must be between 1 and 50")
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGHUP, _interrupt)
-    started = time.monotonic()
-    demo: Demo | None = None
-    code = 0
-    try:
-        prepare_folder(args.dir)
-        demo = Demo(args.dir, args.port, args.devices)
-        demo.start_server()
-        demo.add_user()
-        demo.start_daemons()
-        demo.install_everywhere()
-        demo.staged_rollout()
-        say(
-            f"      ({time.monotonic() - started:.1f} s from start to the paused rollout and a settled fleet)"
-        )
-        if not args.exit_when_paused:
-            demo.banner()
-            demo.wait_forever()
-    except KeyboardInterrupt:
-        say("")
-    except DemoError as error:
-        say(f"demo: error: {error}")
-        code = 1
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not leave children behind
-        if demo is not None:
-            say("stopping the daemons and the server")
-            demo.children.stop_all()
+    children = Children()
+
+    def steps() -> None:
+        started = time.monotonic()
+        prepare_folder(args.dir, MARKER, "deploy/demo.py")
+        demo = Demo(children, args.dir, args.port, args.devices)
+        try:
+            demo.start_server()
+            demo.add_user()
+            demo.start_daemons()
+            demo.install_everywhere()
+            demo.staged_rollout()
+            took = time.monotonic() - started
+            say(f"      ({took:.1f} s from start to the paused rollout and a settled fleet)")
+            if not args.exit_when_paused:
+                demo.banner()
+                children.wait_forever()
+        finally:
             demo.close()
-            say("stopped")
-    return code
+
+    return run("demo", children, steps, stopping="stopping the daemons and the server")
 
 
 if __name__ == "__main__":

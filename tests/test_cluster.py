@@ -91,5 +91,5 @@ def test_a_folder_that_is_not_the_scripts_own_is_left_alone(tmp_path: Path) -> N
         check=False,
     )
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "is not a cluster folder (no .otakit-cluster); choose another --dir" in done.stdout
+    assert "is not deploy/cluster/run.py's folder (no .otakit-cluster); choose another --dir" in done.stdout
     assert keep.read_text() == "not the cluster's\n"

@@ -16,7 +16,6 @@ nginx (from the folder) and from a server, and that two simultaneous uploads of 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import grp
 import hashlib
 import io
@@ -25,23 +24,21 @@ import os
 import pwd
 import re
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import zipfile
-from collections.abc import Callable
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
 import pymysql
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # deploy/: what demo.py shares with it
+from supervise import Children, StepError, box, child_env, port_is_free, prepare_folder, run, say, wait_for
 
 from otakit.errors import ValidationError
 from otakit.server.db.urls import mysql_params
@@ -53,131 +50,6 @@ PACKAGE = "cluster-app"
 BRANCH = "major"
 NGINX = "/usr/sbin/nginx"
 DATABASE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
-
-T = TypeVar("T")
-
-
-class ClusterError(Exception):
-    """A step or check that failed; the message says which and where to look."""
-
-
-def say(line: str) -> None:
-    print(line, flush=True)
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no owner
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-@dataclass
-class Child:
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def tail(self, lines: int = 15) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join("    " + line for line in text.splitlines()[-lines:])
-
-
-class Children:
-    """The processes the script started, each in a process group of its own (a Ctrl-C at the terminal
-    reaches the script only, which then stops nginx first and the servers last)."""
-
-    def __init__(self) -> None:
-        self.nginx: Child | None = None
-        self.servers: list[Child] = []
-
-    def start(self, name: str, argv: list[str], *, env: dict[str, str], cwd: Path, log: Path) -> Child:
-        with open(log, "ab") as out:
-            process = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                process_group=0,
-            )
-        return Child(name, process, log)
-
-    def all(self) -> list[Child]:
-        return [*([self.nginx] if self.nginx else []), *self.servers]
-
-    def check_alive(self) -> None:
-        for child in self.all():
-            code = child.process.poll()
-            if code is not None:
-                raise ClusterError(f"{child.name} exited with status {code}; {child.log}:\n{child.tail()}")
-
-    def stop_all(self) -> None:
-        if self.nginx is not None:
-            _signal(self.nginx, signal.SIGQUIT)  # graceful: finish the requests in flight
-            _wait_or_kill(self.nginx, 15)
-        for child in self.servers:
-            _signal(child, signal.SIGTERM)
-        for child in self.servers:
-            _wait_or_kill(child, 15)
-
-
-def _signal(child: Child, signum: int) -> None:
-    if child.process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.process.pid, signum)
-
-
-def _wait_or_kill(child: Child, seconds: float) -> None:
-    try:
-        child.process.wait(seconds)
-    except subprocess.TimeoutExpired:
-        say(f"  {child.name} did not stop within {seconds:g} s; killing it")
-        _signal(child, signal.SIGKILL)
-        child.process.wait(10)
-    # nginx's workers are in its process group: make sure none outlives the master
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(child.process.pid, signal.SIGKILL)
-
-
-def wait_for(
-    what: str, probe: Callable[[], T | None], children: Children, timeout: float = STEP_TIMEOUT
-) -> T:
-    """Call ``probe`` until it returns something other than None or False; ClusterError after
-    ``timeout`` seconds, or as soon as a process the script started has died."""
-    deadline = time.monotonic() + timeout
-    while True:
-        children.check_alive()
-        try:
-            found = probe()
-        except httpx.TransportError:
-            found = None
-        if found is not None and found is not False:
-            return found
-        if time.monotonic() > deadline:
-            raise ClusterError(f"{what}: not within {timeout:g} s")
-        time.sleep(0.1)
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment for a child: ours without any OTAKIT_* setting of the user's, plus ``extra``."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("OTAKIT_")}
-    return {**env, **extra}
-
-
-def prepare_folder(folder: Path) -> None:
-    if folder.exists():
-        if any(folder.iterdir()) and not (folder / MARKER).exists():
-            raise ClusterError(
-                f"{folder} exists and is not a cluster folder (no {MARKER}); choose another --dir"
-            )
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    (folder / MARKER).write_text("made by deploy/cluster/run.py; wiped at its next start\n")
 
 
 def otakit_argv() -> list[str]:
@@ -277,7 +149,9 @@ def make_package(version: str, remote: str, size: int = 0) -> tuple[bytes, str]:
 
 
 class Cluster:
-    def __init__(self, folder: Path, port: int, servers: int, mysql_url: str, database: str) -> None:
+    def __init__(
+        self, children: Children, folder: Path, port: int, servers: int, mysql_url: str, database: str
+    ) -> None:
         self.folder = folder.resolve()
         self.files = self.folder / "otafiles"
         self.port = port
@@ -286,7 +160,7 @@ class Cluster:
         self.admin_url = mysql_url
         self.database = database
         self.database_url = urlsplit(mysql_url)._replace(path="/" + quote(database)).geturl()
-        self.children = Children()
+        self.children = children
         self.upload_token = secrets.token_urlsafe(18)
         self.admin_token = secrets.token_urlsafe(18)
         self.enroll_token = secrets.token_urlsafe(18)
@@ -307,7 +181,7 @@ class Cluster:
         try:
             params = mysql_params(self.database_url)
         except ValidationError as error:
-            raise ClusterError(f"--mysql-url: {error}") from None
+            raise StepError(f"--mysql-url: {error}") from None
         where = f"{params['host']}:{params['port']}"
         say(f"[1/4] creating the database {self.database} on {where} (dropped first if it exists)")
         extra = {"unix_socket": params["unix_socket"]} if "unix_socket" in params else {}
@@ -326,7 +200,7 @@ class Cluster:
                 cursor.execute(f"DROP DATABASE IF EXISTS `{self.database}`")
                 cursor.execute(f"CREATE DATABASE `{self.database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
         except pymysql.err.MySQLError as error:
-            raise ClusterError(f"could not create the database on {where} (--mysql-url): {error}") from None
+            raise StepError(f"could not create the database on {where} (--mysql-url): {error}") from None
         # Migrate once here, not in N servers racing at their start.
         done = subprocess.run(
             [*otakit_argv(), "db", "upgrade"],
@@ -338,25 +212,24 @@ class Cluster:
             check=False,
         )
         if done.returncode != 0:
-            raise ClusterError(f"otakit db upgrade failed: {(done.stderr or done.stdout).strip()}")
+            raise StepError(f"otakit db upgrade failed: {(done.stderr or done.stdout).strip()}")
         say("      tables created (otakit db upgrade)")
 
     # 2
     def start_servers(self) -> None:
         say(f"[2/4] starting {len(self.server_ports)} servers on one database and the folder {self.files}")
         self.files.mkdir()
-        for n, port in enumerate(self.server_ports, start=1):
-            log = self.folder / f"server-{port}.log"
-            self.children.servers.append(
-                self.children.start(
-                    f"server {n} (port {port})",
-                    [*otakit_argv(), "server", "--host", "127.0.0.1", "--port", str(port)],
-                    env=self.server_env(),
-                    cwd=self.folder,
-                    log=log,
-                )
+        servers = [
+            self.children.start(
+                f"server {n} (port {port})",
+                [*otakit_argv(), "server", "--host", "127.0.0.1", "--port", str(port)],
+                env=self.server_env(),
+                cwd=self.folder,
+                log=self.folder / f"server-{port}.log",
             )
-        for child, port in zip(self.children.servers, self.server_ports, strict=True):
+            for n, port in enumerate(self.server_ports, start=1)
+        ]
+        for child, port in zip(servers, self.server_ports, strict=True):
 
             def answers(port: int = port) -> bool:
                 return httpx.get(f"http://127.0.0.1:{port}/test", timeout=1).is_success
@@ -372,17 +245,18 @@ class Cluster:
     def start_nginx(self) -> None:
         say(f"[3/4] starting nginx on {self.url} in front of them (it serves /otafiles/ from the folder)")
         if not os.access(NGINX, os.X_OK):
-            raise ClusterError(f"{NGINX} is missing (Debian's nginx-light package)")
+            raise StepError(f"{NGINX} is missing (Debian's nginx-light package)")
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.folder / "nginx-temp" / sub).mkdir(parents=True, exist_ok=True)
         config = self.folder / "nginx.conf"
         config.write_text(nginx_config(self.folder, self.port, self.server_ports))
-        self.children.nginx = self.children.start(
+        self.children.start(
             "nginx",
             [NGINX, "-p", f"{self.folder}/", "-c", str(config)],
             env=child_env(),
             cwd=self.folder,
             log=self.folder / "nginx.log",
+            stop_signal=signal.SIGQUIT,  # graceful: it finishes the requests in flight
         )
         wait_for(
             "nginx answering /test",
@@ -413,17 +287,8 @@ class Cluster:
             "",
             "Ctrl-C to stop",
         ]
-        width = max(len(line) for line in lines)
         say("[4/4] ready")
-        say("+" + "-" * (width + 2) + "+")
-        for line in lines:
-            say(f"| {line:<{width}} |")
-        say("+" + "-" * (width + 2) + "+")
-
-    def wait_forever(self) -> None:
-        while True:
-            self.children.check_alive()
-            time.sleep(1)
+        box(lines)
 
     # --check
     def upload(self, client: httpx.Client, data: bytes, content: str, version: str) -> httpx.Response:
@@ -450,7 +315,7 @@ class Cluster:
             elapsed = time.monotonic() - started
             if waiting and elapsed > SPREAD_TIMEOUT:
                 ports = ", ".join(str(p) for p in waiting)
-                raise ClusterError(
+                raise StepError(
                     f"the servers on {ports} did not answer {version} within {SPREAD_TIMEOUT:g} s"
                 )
             if waiting:
@@ -465,7 +330,7 @@ class Cluster:
                 data, content = make_package(version, f"{self.url}/")
                 response = self.upload(client, data, content, version)
                 if response.status_code != 200:
-                    raise ClusterError(
+                    raise StepError(
                         f"the upload of {version} through nginx: {response.status_code} {response.text}"
                     )
                 took = self.latest_everywhere(client, version)
@@ -479,24 +344,22 @@ class Cluster:
             direct = client.get(f"http://127.0.0.1:{self.server_ports[-1]}{path}")
             for where, response in (("through nginx", through), ("from a server", direct)):
                 if response.status_code != 200 or response.content != data:
-                    raise ClusterError(
+                    raise StepError(
                         f"the download {where} is not the uploaded file: {response.status_code}, "
                         f"{len(response.content)} bytes of {len(data)}"
                     )
             sha = hashlib.sha256(data).hexdigest()
             if through.headers.get("etag") == f'"{sha}"':
-                raise ClusterError("the download through nginx came from a server, not from the folder")
+                raise StepError("the download through nginx came from a server, not from the folder")
             if direct.headers.get("etag") != f'"{sha}"':
-                raise ClusterError(f"a server's download has the ETag {direct.headers.get('etag')}")
+                raise StepError(f"a server's download has the ETag {direct.headers.get('etag')}")
             say(
                 f"check: {path} is byte-identical through nginx (from the folder, sendfile) and from "
                 f"server {len(self.server_ports)}"
             )
             hidden = client.get(f"{self.url}/otafiles/.objects/")
             if hidden.status_code != 403:
-                raise ClusterError(
-                    f"/otafiles/.objects/ through nginx answered {hidden.status_code}, not 403"
-                )
+                raise StepError(f"/otafiles/.objects/ through nginx answered {hidden.status_code}, not 403")
             say("check: nginx denies the files folder's dot-folders (403)")
 
         self.race()
@@ -522,7 +385,7 @@ class Cluster:
         for thread in threads:
             thread.join(STEP_TIMEOUT + 5)
         if sorted(results, key=str) != [200, 409]:
-            raise ClusterError(
+            raise StepError(
                 f"two simultaneous uploads of {version} through nginx gave {results}, not 200 and 409"
             )
         say(f"check: two simultaneous uploads of {PACKAGE} {version} through nginx: one 200, one 409")
@@ -533,7 +396,7 @@ class Cluster:
         for port in self.server_ports:
             response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
             if response.status_code != 200:
-                raise ClusterError(f"/metrics on port {port}: {response.status_code}")
+                raise StepError(f"/metrics on port {port}: {response.status_code}")
             uploads = sum(
                 float(line.rsplit(" ", 1)[1])
                 for line in response.text.splitlines()
@@ -541,10 +404,6 @@ class Cluster:
             )
             counts.append(f"{port}: {uploads:g}")
         say(f"check: every server's /metrics answers; uploads answered per server: {', '.join(counts)}")
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -579,16 +438,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--port and the servers' ports after it must be ports")
     if not DATABASE_NAME.fullmatch(args.database):
         parser.error("--database: letters, digits and _ only")
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGHUP, _interrupt)
-    cluster: Cluster | None = None
-    code = 0
-    try:
-        cluster = Cluster(args.dir, args.port, args.servers, args.mysql_url, args.database)
+    children = Children()
+
+    def steps() -> None:
+        cluster = Cluster(children, args.dir, args.port, args.servers, args.mysql_url, args.database)
         busy = [str(p) for p in [args.port, *cluster.server_ports] if not port_is_free(p)]
         if busy:
-            raise ClusterError(f"port {', '.join(busy)} in use on 127.0.0.1; pass another --port")
-        prepare_folder(args.dir)
+            raise StepError(f"port {', '.join(busy)} in use on 127.0.0.1; pass another --port")
+        prepare_folder(args.dir, MARKER, "deploy/cluster/run.py")
         cluster.create_database()
         cluster.start_servers()
         cluster.start_nginx()
@@ -597,20 +454,9 @@ def main(argv: list[str] | None = None) -> int:
             say("all checks passed")
         else:
             cluster.banner()
-            cluster.wait_forever()
-    except KeyboardInterrupt:
-        say("")
-    except ClusterError as error:
-        say(f"cluster: error: {error}")
-        code = 1
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not leave children behind
-        if cluster is not None and cluster.children.all():
-            say("stopping nginx and the servers")
-            cluster.children.stop_all()
-            say("stopped")
-    return code
+            children.wait_forever()
+
+    return run("cluster", children, steps, stopping="stopping nginx and the servers")
 
 
 if __name__ == "__main__":
