@@ -1,4 +1,4 @@
-"""Package bytes as immutable objects named by upload id, one driver per kind (today: ``s3``)."""
+"""Package bytes as immutable objects named by upload id, one driver per kind (``local``, ``s3``)."""
 
 from otakit.server.blobstore.base import (
     BlobRange,
@@ -8,6 +8,7 @@ from otakit.server.blobstore.base import (
     RangeNotSatisfiableError,
     check_object_id,
 )
+from otakit.server.blobstore.local import LocalBlobStore
 from otakit.server.blobstore.s3 import S3BlobStore, s3_store_from_url
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "BlobReader",
     "BlobStore",
     "IncomingBlob",
+    "LocalBlobStore",
     "RangeNotSatisfiableError",
     "S3BlobStore",
     "check_object_id",

@@ -4,7 +4,8 @@ One object per accepted upload. An upload streams in through an ``IncomingBlob``
 ``write``… → ``complete`` or ``abort``) and is invisible until ``complete()`` returns; what the database
 points at is then the object id. An upload that neither completed nor aborted (its process was killed)
 shows in ``unfinished()`` until ``abort_unfinished`` clears it, so that recovery and ``fsck`` can sweep
-what a crash left. Hashing is the caller's: a driver only moves bytes.
+what a crash left (see ``unfinished`` for what a driver can tell of uploads still in flight). Hashing is
+the caller's: a driver only moves bytes.
 
 Errors: a store that cannot be reached or refuses to work (connection errors, timeouts, 5xx, refused
 credentials, a missing bucket) raises ``otakit.errors.UnavailableError`` with one sentence; a missing
@@ -137,7 +138,10 @@ class BlobStore(abc.ABC):
 
     @abc.abstractmethod
     async def unfinished(self) -> list[str]:
-        """Object ids of uploads begun and neither completed nor aborted (by any process)."""
+        """Object ids of uploads begun and neither completed nor aborted. A driver that can tell a live
+        upload from a dead one's leftover lists only the leftovers (local: the part files no live process
+        holds); one that cannot (S3: every multipart upload in progress, of any process) lists all, and
+        the caller must know from elsewhere which are still in flight before it aborts one."""
 
     @abc.abstractmethod
     async def abort_unfinished(self, object_id: str) -> None:

@@ -1,4 +1,6 @@
-"""The blob store contract, against a real SeaweedFS S3 server (and any future driver: ``STORE_KINDS``).
+"""The blob store contract, for every driver (``STORE_KINDS``): a local folder, and a real SeaweedFS S3
+server. What one driver honestly cannot do is checked as its own behaviour inside the test (a local
+store has no download URLs; its crashes are killed processes); local-only tests are at the end.
 
 Range semantics (as HTTP): ``end`` past the last byte is cut to it; ``start`` at or past the end raises
 ``RangeNotSatisfiableError`` (which carries the size, for a 416's ``Content-Range: bytes */size``); an
@@ -8,20 +10,35 @@ empty object read whole yields nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import itertools
 import os
 import secrets
+import signal
+import subprocess
+import sys
+import threading
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import httpx
 import pytest
 
 from otakit.errors import UnavailableError, ValidationError
-from otakit.server.blobstore import BlobStore, RangeNotSatisfiableError, S3BlobStore, s3_store_from_url
+from otakit.server.blobstore import (
+    BlobStore,
+    LocalBlobStore,
+    RangeNotSatisfiableError,
+    S3BlobStore,
+    s3_store_from_url,
+)
 from otakit.server.blobstore.s3 import MIN_PART_SIZE
+from otakit.server.filestore import LocalFileStore
 from tests.s3_server import S3Server, run_weed
 from tests.servers import free_port
 
@@ -29,7 +46,7 @@ pytestmark = pytest.mark.anyio
 
 MiB = 1024 * 1024
 PART = MIN_PART_SIZE  # the stores under test use S3's smallest part, so that few bytes make many parts
-STORE_KINDS = ["s3"]
+STORE_KINDS = ["local", "s3"]
 
 StoreFactory = Callable[[], BlobStore]
 
@@ -54,7 +71,16 @@ async def new_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactor
             opened.append(store)
             return store
 
-    else:  # pragma: no cover - the local driver joins here
+    elif request.param == "local":
+        root: Path = request.getfixturevalue("tmp_path") / place
+        root.mkdir()
+
+        def factory() -> BlobStore:
+            store = LocalBlobStore(root)
+            opened.append(store)
+            return store
+
+    else:  # pragma: no cover
         raise AssertionError(request.param)
     try:
         yield factory
@@ -86,6 +112,61 @@ async def read(store: BlobStore, object_id: str, start: int = 0, end: int | None
 
 async def ids(store: BlobStore) -> set[str]:
     return {object_id async for object_id in store.object_ids()}
+
+
+# A process with local uploads in flight: it begins and writes each ``object_id=size``, says "ready",
+# then waits (holding them, as a live server does) until it is killed.
+_UPLOADER = """
+import asyncio, os, sys
+from otakit.server.blobstore import LocalBlobStore
+
+async def main():
+    store = LocalBlobStore(sys.argv[1])
+    uploads = []
+    for spec in sys.argv[2:]:
+        object_id, size = spec.split("=")
+        incoming = await store.begin(object_id)
+        await incoming.write(os.urandom(int(size)))
+        uploads.append(incoming)
+    print("ready", flush=True)
+    sys.stdin.read()
+
+asyncio.run(main())
+"""
+
+
+@contextlib.contextmanager
+def uploader(root: Path, uploads: dict[str, int]) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding ``uploads`` in flight in the local store at ``root``; SIGKILLed at the end."""
+    specs = [f"{object_id}={size}" for object_id, size in uploads.items()]
+    process = subprocess.Popen(
+        [sys.executable, "-c", _UPLOADER, str(root), *specs],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "ready\n"
+        yield process
+    finally:
+        kill(process)
+
+
+def kill(process: subprocess.Popen[str]) -> None:
+    """Die as a crash does: no complete, no abort, no cleanup; the kernel drops its fds and flocks."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    if process.stdin is not None:
+        process.stdin.close()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+def killed_uploads(root: Path, uploads: dict[str, int]) -> None:
+    with uploader(root, uploads) as process:
+        kill(process)
 
 
 # --- round trips ---------------------------------------------------------------------------------
@@ -268,21 +349,26 @@ async def test_abort_leaves_nothing(store: BlobStore, size: int) -> None:
 
 async def test_an_abandoned_upload_is_unfinished_until_swept(new_store: StoreFactory) -> None:
     survivor = new_store()
-    crashed = new_store()
     big, small, done = oid(), oid(), oid()
     await put(survivor, done, b"done")
-    incoming = await crashed.begin(big)
-    await incoming.write(os.urandom(2 * PART + 100))  # two parts sent
-    tiny = await crashed.begin(small)
-    await tiny.write(b"only in memory")
-    await crashed.close()  # the process dies: no complete, no abort
+    if isinstance(survivor, LocalBlobStore):  # a process is killed with both uploads written to disk
+        await anyio.to_thread.run_sync(killed_uploads, survivor.root, {big: 2 * PART + 100, small: 14})
+        assert sorted(await survivor.unfinished()) == sorted([big, small])  # every block went to disk
+    else:
+        crashed = new_store()
+        incoming = await crashed.begin(big)
+        await incoming.write(os.urandom(2 * PART + 100))  # two parts sent
+        tiny = await crashed.begin(small)
+        await tiny.write(b"only in memory")
+        await crashed.close()  # the process dies: no complete, no abort
+        assert await survivor.unfinished() == [big]  # what never left memory left nothing
 
-    assert await survivor.unfinished() == [big]  # what never left memory left nothing
     assert await ids(survivor) == {done}
     with pytest.raises(FileNotFoundError):
         await survivor.open_range(big)
     await survivor.abort_unfinished(big)
     await survivor.abort_unfinished(big)  # nothing left: fine
+    await survivor.abort_unfinished(small)
     await survivor.abort_unfinished(oid())
     assert await survivor.unfinished() == []
     assert await ids(survivor) == {done}
@@ -297,7 +383,10 @@ async def test_two_uploads_in_flight_do_not_mix(store: BlobStore) -> None:
             await up_a.write(data_a[at : at + MiB])
         if at < len(data_b):
             await up_b.write(data_b[at : at + MiB])
-    assert sorted(await store.unfinished()) == sorted([a, b])
+    if isinstance(store, LocalBlobStore):  # it tells live uploads (flock-held) from dead ones' leftovers
+        assert await store.unfinished() == []
+    else:
+        assert sorted(await store.unfinished()) == sorted([a, b])
     await up_b.complete()
     await up_a.complete()
     assert await read(store, a) == data_a
@@ -311,8 +400,10 @@ async def test_download_urls_serve_bytes_and_ranges(store: BlobStore) -> None:
     object_id = oid()
     await put(store, object_id, data)
     url = await store.download_url(object_id, expires_s=60, filename="pkg-main-1.0.zip")
-    if url is None:
-        pytest.skip("this store has no download URLs")
+    if isinstance(store, LocalBlobStore):  # the server streams local objects itself
+        assert url is None
+        return
+    assert url is not None
     async with httpx.AsyncClient(timeout=30) as client:
         whole = await client.get(url)
         assert whole.status_code == 200
@@ -332,8 +423,10 @@ async def test_download_urls_name_files_beyond_ascii(store: BlobStore) -> None:
     object_id = oid()
     await put(store, object_id, b"bytes")
     url = await store.download_url(object_id, expires_s=60, filename='paquet "été".zip')
-    if url is None:
-        pytest.skip("this store has no download URLs")
+    if isinstance(store, LocalBlobStore):  # the server streams local objects itself
+        assert url is None
+        return
+    assert url is not None
     async with httpx.AsyncClient(timeout=30) as client:
         answer = await client.get(url)
     assert answer.content == b"bytes"
@@ -346,8 +439,10 @@ async def test_download_urls_expire(store: BlobStore) -> None:
     object_id = oid()
     await put(store, object_id, b"soon gone")
     url = await store.download_url(object_id, expires_s=1)
-    if url is None:
-        pytest.skip("this store has no download URLs")
+    if isinstance(store, LocalBlobStore):  # the server streams local objects itself
+        assert url is None
+        return
+    assert url is not None
     async with httpx.AsyncClient(timeout=30) as client:
         assert (await client.get(url)).content == b"soon gone"
         await asyncio.sleep(2.2)
@@ -411,6 +506,58 @@ async def test_a_stopped_server_is_unavailable(tmp_path: Path) -> None:
             assert await store.download_url(kept, expires_s=60) is not None  # signing needs no server
         finally:
             await store.close()
+
+
+@pytest.mark.parametrize("how", ["removed", "unwritable"])
+async def test_a_missing_or_unwritable_folder_is_unavailable(tmp_path: Path, how: str) -> None:
+    """The local store's "stopped server": its folder is gone, or it may not write there."""
+    root = tmp_path / "blobs"
+    root.mkdir()
+    store = LocalBlobStore(root)
+    await store.ping()
+    kept = oid()
+    await put(store, kept, b"kept")
+    incoming = await store.begin(oid())
+    await incoming.write(b"in flight")
+    if how == "removed":
+        await anyio.to_thread.run_sync(_remove_tree, root)
+        with pytest.raises(UnavailableError, match=f"{root} is not a folder"):
+            await store.ping()
+        with pytest.raises(UnavailableError):
+            await incoming.complete()
+        with pytest.raises(UnavailableError):
+            await store.begin(oid())
+        with pytest.raises(UnavailableError):
+            await store.open_range(kept)
+        with pytest.raises(UnavailableError):
+            await store.size(kept)
+        with pytest.raises(UnavailableError):
+            await store.unfinished()
+        with pytest.raises(UnavailableError):
+            [object_id async for object_id in store.object_ids()]
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes through any folder mode")
+        (root / ".objects").chmod(0o500)
+        try:
+            with pytest.raises(UnavailableError, match=r"\.objects is not a writable folder"):
+                await store.ping()
+            with pytest.raises(UnavailableError):
+                await incoming.complete()
+            with pytest.raises(UnavailableError):
+                await store.delete(kept)
+        finally:
+            (root / ".objects").chmod(0o755)
+    assert await store.download_url(kept, expires_s=60) is None
+    await store.close()
+
+
+def _remove_tree(root: Path) -> None:
+    for folder in (root / ".objects", root / ".incoming"):
+        for path in folder.iterdir():
+            path.unlink()
+        folder.rmdir()
+    root.rmdir()
 
 
 async def test_nothing_listening_is_unavailable() -> None:
@@ -563,3 +710,165 @@ def test_part_sizes_are_checked() -> None:
         S3BlobStore("bucket", part_size=MIN_PART_SIZE - 1)
     with pytest.raises(ValueError, match="part_size"):
         S3BlobStore("bucket", part_size=6 * 1024 * MiB)
+
+
+# --- the local store only ------------------------------------------------------------------------
+@pytest.fixture
+def local(tmp_path: Path) -> LocalBlobStore:
+    return LocalBlobStore(tmp_path)
+
+
+async def test_local_layout_is_the_file_stores(local: LocalBlobStore, tmp_path: Path) -> None:
+    """Objects and part files sit where ``LocalFileStore`` keeps them, and it honours their flocks."""
+    done, flying = oid(), oid()
+    await put(local, done, b"done")
+    incoming = await local.begin(flying)
+    await incoming.write(b"flying")
+    assert (tmp_path / ".objects" / done).read_bytes() == b"done"
+    assert (tmp_path / ".incoming" / f"{flying}.part").is_file()
+    files = LocalFileStore(tmp_path)
+    files.prepare()
+    assert files.object_ids() == [done]
+    assert files.remove_stale_incoming() == 0  # a live upload: left alone
+    with files.open_object(done) as stream:
+        assert stream.read() == b"done"
+    await incoming.complete()
+    assert await read(local, flying) == b"flying"
+    assert await local.unfinished() == []
+    assert not (tmp_path / ".incoming" / f"{flying}.part").exists()
+
+
+async def test_a_killed_upload_is_listed_and_swept(local: LocalBlobStore, tmp_path: Path) -> None:
+    dead = oid()
+    await anyio.to_thread.run_sync(killed_uploads, tmp_path, {dead: 9 * MiB + 5})
+    part = tmp_path / ".incoming" / f"{dead}.part"
+    assert part.stat().st_size >= 8 * MiB  # blocks went to disk as they came (at most 4 MiB held back)
+    assert await local.unfinished() == [dead]
+    assert await ids(local) == set()
+    await local.abort_unfinished(dead)
+    assert not part.exists()
+    assert await local.unfinished() == []
+    again = await local.begin(dead)  # the id is free again
+    await again.write(b"second try")
+    await again.complete()
+    assert await read(local, dead) == b"second try"
+
+
+async def test_a_live_upload_of_another_process_is_not_unfinished(
+    local: LocalBlobStore, tmp_path: Path
+) -> None:
+    live, dead = oid(), oid()
+    await anyio.to_thread.run_sync(killed_uploads, tmp_path, {dead: 10})
+    with uploader(tmp_path, {live: MiB}) as process:
+        assert await local.unfinished() == [dead]
+        await local.abort_unfinished(live)  # refused: it is held
+        assert (tmp_path / ".incoming" / f"{live}.part").exists()
+        with pytest.raises(RuntimeError, match="in flight"):
+            await local.begin(live)
+        kill(process)
+        assert sorted(await local.unfinished()) == sorted([live, dead])
+    for object_id in (live, dead):
+        await local.abort_unfinished(object_id)
+    assert await local.unfinished() == []
+
+
+async def test_an_upload_of_this_process_is_not_unfinished(local: LocalBlobStore) -> None:
+    object_id = oid()
+    incoming = await local.begin(object_id)
+    await incoming.write(b"mine")
+    assert await LocalBlobStore(local.root).unfinished() == []
+    await LocalBlobStore(local.root).abort_unfinished(object_id)
+    await incoming.complete()
+    assert await read(local, object_id) == b"mine"
+
+
+async def test_local_disk_work_stays_off_the_loop(
+    local: LocalBlobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every call on the store's files runs in a worker thread; the loop ticks through a slow fsync."""
+    loop_thread = threading.get_ident()
+    ours: set[int] = set()  # fds opened under the root
+    calls: dict[str, set[int]] = {}
+
+    def record(name: str) -> None:
+        calls.setdefault(name, set()).add(threading.get_ident())
+
+    def under_root(path: Any) -> bool:
+        return isinstance(path, (str, os.PathLike)) and str(path).startswith(str(tmp_path))
+
+    real_open, real_fsync = os.open, os.fsync
+
+    def spy_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        fd = real_open(path, *args, **kwargs)
+        if under_root(path):
+            record("open")
+            ours.add(fd)
+        return fd
+
+    def slow_fsync(fd: int) -> None:
+        if fd in ours:
+            record("fsync")
+            time.sleep(0.3)  # a slow disk
+        real_fsync(fd)
+
+    def spy_fd(name: str) -> Callable[..., Any]:
+        real = getattr(os, name)
+
+        def spy(fd: int, *args: Any) -> Any:
+            if fd in ours:
+                record(name)
+            return real(fd, *args)
+
+        return spy
+
+    def spy_path(name: str) -> Callable[..., Any]:
+        real = getattr(os, name)
+
+        def spy(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if under_root(path):
+                record(name)
+            return real(path, *args, **kwargs)
+
+        return spy
+
+    monkeypatch.setattr(os, "open", spy_open)
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    for name in ("write", "pread", "ftruncate"):
+        monkeypatch.setattr(os, name, spy_fd(name))
+    for name in ("replace", "unlink", "scandir"):
+        monkeypatch.setattr(os, name, spy_path(name))
+
+    ticks: list[float] = []
+    stop = anyio.Event()
+
+    async def ticker() -> None:
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            await anyio.sleep(0.005)
+
+    object_id = oid()
+    block = os.urandom(4 * MiB)
+    async with anyio.create_task_group() as group:
+        group.start_soon(ticker)
+        incoming = await local.begin(object_id)
+        for _ in range(16):  # 64 MiB
+            await incoming.write(block)
+        before = len(ticks)
+        started = time.monotonic()
+        await incoming.complete()  # two slow fsyncs: the file and the folder
+        took = time.monotonic() - started
+        during = len(ticks) - before
+        assert await local.size(object_id) == 64 * MiB
+        reader = await local.open_range(object_id, 10, 20)
+        assert await reader.read_all() == block[10:21]
+        assert object_id in await ids(local)
+        await local.delete(object_id)
+        stop.set()
+
+    gaps = [later - earlier for earlier, later in itertools.pairwise(ticks)]
+    assert took >= 0.6
+    assert during >= 20, f"the loop ticked {during} times during a {took:.2f} s complete()"
+    assert max(gaps) < 0.25
+    assert {"open", "write", "fsync", "replace", "pread", "unlink", "scandir"} <= calls.keys()
+    on_loop = sorted(name for name, threads in calls.items() if loop_thread in threads)
+    assert on_loop == [], f"disk calls on the event loop: {on_loop}"
