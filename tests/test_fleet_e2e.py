@@ -158,3 +158,39 @@ def test_a_good_version_reaches_the_cohort_then_everyone(
         assert done["rollout"]["state"] == "completed"
         apis[outside[0]].run_job("POST", "/check")
         wait_for("everyone updated", lambda: apis[outside[0]].version(pkg) == "2.0")
+
+
+def test_under_manual_approval_a_daemon_waits_pending_and_is_offered_the_rollout_once_accepted(
+    tmp_path: Path, pkg: str
+) -> None:
+    """A real daemon on a server with OTAKIT_DEVICE_APPROVAL=manual: enrolled pending, it heartbeats and
+    gets released versions, but a rollout's version only after an operator accepts it."""
+    env = {**HEARTBEAT_ENV, "OTAKIT_DEVICE_APPROVAL": "manual"}
+    (tmp_path / "server").mkdir()
+    with run_server(tmp_path / "server", f"sqlite:///{tmp_path / 'ota.db'}", env=env) as server:
+        publisher = Publisher(server, tmp_path / "publish")
+        try:
+            [device], _ = ids_by_cohort(pkg, "2.0", 50, inside=1, outside=0)
+            publisher.publish(pkg, "1.0")
+            publisher.publish(pkg, "2.0", hold=True)
+            with ExitStack() as stack:
+                api = daemons(stack, tmp_path, server, publisher, [device])[device]
+
+                def shown() -> dict[str, Any]:
+                    found: dict[str, Any] = httpx.get(
+                        f"{server.url}/api/v1/devices/{device}", headers=ADMIN
+                    ).json()["device"]
+                    return found
+
+                wait_for("the daemon enrolled, pending", lambda: shown()["state"] == "pending")
+                wait_for("the pending daemon heartbeating", lambda: shown()["online"])
+                api.install(publisher, pkg, version="1.0")  # released versions: offered while pending
+                start_rollout(server, pkg, "2.0", phases=[50, 100], min_reports=1)  # the device is in 50 %
+                api.run_job("POST", "/check")
+                assert api.version(pkg) == "1.0"  # pending: not in any cohort
+                accepted = httpx.post(f"{server.url}/api/v1/devices/{device}/accept", headers=ADMIN)
+                assert accepted.status_code == 200, accepted.text
+                api.run_job("POST", "/check")
+                wait_for("the accepted daemon updated", lambda: api.version(pkg) == "2.0")
+        finally:
+            publisher.close()
