@@ -147,6 +147,15 @@ def test_the_list_and_the_page_show_what_the_api_says(
     assert client.get("/console/rollouts/999999").status_code == 404
 
 
+def test_the_start_form_leaves_out_held_versions_below_the_released_one(
+    client: httpx.Client, publisher: Publisher, pkg: str
+) -> None:
+    held_and_released(publisher, pkg, "0.9", "1.1")  # 1.0 released; 0.9 could never be rolled out
+    page = client.get("/console/rollouts").text
+    assert f'value="{pkg}/major/1.1"' in page
+    assert f'value="{pkg}/major/0.9"' not in page
+
+
 def test_the_start_form_starts_a_rollout_under_the_apis_rules(
     server: RunningServer, client: httpx.Client, publisher: Publisher, pkg: str
 ) -> None:

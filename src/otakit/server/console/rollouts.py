@@ -25,6 +25,7 @@ from otakit.server.console.render import ConsoleRoute, back_to, render
 from otakit.server.deps import State, app_state
 from otakit.server.repository.rollouts import RolloutRow
 from otakit.server.routes.rollouts import OPERATOR_ACTIONS, OperatorAction, act, find_rollout, start_rollout
+from otakit.versions import parse_version
 
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
 
@@ -58,12 +59,15 @@ class HeldVersion:
 
 
 async def _held_versions(state: State) -> list[HeldVersion]:
-    """Every held version, by package and branch, highest first: what could be rolled out."""
+    """Every held version above its branch's highest released one, by package and branch, highest
+    first: what could be rolled out (``start_rollout`` refuses a lower one)."""
     repo = state.repo
     held = []
     for summary in await repo.versions.packages():
-        for row in await repo.list_versions(summary.name, summary.branch):
-            if not row.released:
+        rows = await repo.list_versions(summary.name, summary.branch)
+        released = next((parse_version(row.version) for row in rows if row.released), None)
+        for row in rows:
+            if not row.released and (released is None or parse_version(row.version) > released):
                 held.append(HeldVersion(row.name, row.branch, row.version))
     return held
 
