@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -238,6 +240,49 @@ def _fmt(value: object) -> str:
 def verdict(ratio: float, goal: float, higher_is_better: bool = True) -> str:
     met = ratio >= goal if higher_is_better else ratio <= goal
     return f"{'met' if met else 'NOT met'} (goal {'>=' if higher_is_better else '<='} {goal})"
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    rps: float
+    requests: int
+
+
+def wrk(url: str, seconds: float, threads: int, connections: int, script: Path | None = None) -> WrkResult:
+    """One wrk run against ``url``; RuntimeError when any answer was not 2xx/3xx or a socket failed (a
+    benchmark of errors measures nothing)."""
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s"]
+    if script is not None:
+        command += ["-s", str(script)]
+    done = subprocess.run([*command, url], capture_output=True, text=True, check=True)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", done.stdout)
+    total = re.search(r"(\d+) requests in", done.stdout)
+    if not rps or not total:
+        raise RuntimeError(f"cannot read wrk's output:\n{done.stdout}{done.stderr}")
+    if "Non-2xx" in done.stdout or "Socket errors" in done.stdout:
+        raise RuntimeError(f"wrk saw errors against {url}:\n{done.stdout}")
+    return WrkResult(float(rps.group(1)), int(total.group(1)))
+
+
+def add_wrk_options(parser: argparse.ArgumentParser) -> None:
+    """wrk's flags, as every wrk benchmark takes them."""
+    parser.add_argument("--duration", type=int, default=10, help="wrk seconds per run")
+    parser.add_argument("--threads", type=int, default=2, help="wrk -t")
+    parser.add_argument("--connections", type=int, default=32, help="wrk -c")
+
+
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    """Which database a benchmark runs on."""
+    parser.add_argument("--backend", choices=["sqlite", "mysql"], default="sqlite")
+    add_mysql_option(parser)
+
+
+def add_mysql_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mysql-url",
+        default="mysql://root@127.0.0.1:3306",
+        help="MariaDB/MySQL server (a database is created and dropped there)",
+    )
 
 
 def bench_parser(

@@ -10,11 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import re
-import subprocess
 import zipfile
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -148,33 +145,6 @@ function request()
         + "\nend\n"
     )
     return "\n".join(parts)
-
-
-@dataclass(frozen=True)
-class WrkResult:
-    rps: float
-    requests: int
-    non_2xx: int
-    socket_errors: str | None
-
-
-def wrk(url: str, seconds: float, threads: int, connections: int, script: Path | None = None) -> WrkResult:
-    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s"]
-    if script is not None:
-        command += ["-s", str(script)]
-    done = subprocess.run([*command, url], capture_output=True, text=True, check=True)
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", done.stdout)
-    total = re.search(r"(\d+) requests in", done.stdout)
-    if not rps or not total:
-        raise RuntimeError(f"cannot read wrk's output:\n{done.stdout}{done.stderr}")
-    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", done.stdout)
-    errors = re.search(r"Socket errors:.*", done.stdout)
-    return WrkResult(
-        float(rps.group(1)),
-        int(total.group(1)),
-        int(non_2xx.group(1)) if non_2xx else 0,
-        errors.group(0) if errors else None,
-    )
 
 
 def devices_total(url: str, **query: str) -> int:

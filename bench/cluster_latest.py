@@ -37,8 +37,7 @@ from urllib.parse import urlsplit
 import httpx
 import pymysql
 
-from _common import median, print_table, temp_dir, verdict
-from _fleet import wrk
+from _common import add_mysql_option, add_wrk_options, median, print_table, temp_dir, verdict, wrk
 from metrics import counted
 from otakit.server.db.urls import mysql_params
 
@@ -102,19 +101,25 @@ def spread(client: httpx.Client, ports: list[int], version: str) -> float:
     return time.monotonic() - started
 
 
+def measured(url: str, seconds: float, threads: int, connections: int) -> float:
+    """wrk's requests/s; its errors as a StepError, so that the run stops as every other step does."""
+    try:
+        return wrk(url, seconds, threads, connections).rps
+    except RuntimeError as error:
+        raise StepError(str(error)) from None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--duration", type=int, default=10, help="wrk seconds per run")
-    parser.add_argument("--threads", type=int, default=2, help="wrk -t")
-    parser.add_argument("--connections", type=int, default=32, help="wrk -c")
+    add_wrk_options(parser)
     parser.add_argument("--uploads", type=int, default=20, help="uploads timed for the spread")
     parser.add_argument(
         "--port", type=int, default=8300, help="2-server nginx; servers on the next 2, 1-server nginx after"
     )
-    parser.add_argument("--mysql-url", default="mysql://root@127.0.0.1:3306")
+    add_mysql_option(parser)
     args = parser.parse_args()
 
     database = f"otakit_bench_{secrets.token_hex(4)}"
@@ -146,19 +151,14 @@ def main() -> int:
             spread(client, cluster.server_ports, "1.0.0")
 
             say(f"\n(1) wrk -t{args.threads} -c{args.connections} -d{args.duration}s {path}")
-            for side, url in urls.items():  # warm-up
-                result = wrk(url, 2, args.threads, args.connections)
-                if result.non_2xx or result.socket_errors:
-                    raise StepError(f"warm-up {side}: {result}")
+            for url in urls.values():  # warm-up
+                measured(url, 2, args.threads, args.connections)
             for n in range(args.rounds):
                 order = list(SIDES) if n % 2 == 0 else list(reversed(SIDES))
                 rps: dict[str, float] = {}
                 for side in order:
                     before = [counted(f"http://127.0.0.1:{p}") for p in cluster.server_ports]
-                    result = wrk(urls[side], args.duration, args.threads, args.connections)
-                    if result.non_2xx or result.socket_errors:
-                        raise StepError(f"round {n + 1} {side}: {result}")
-                    rps[side] = result.rps
+                    rps[side] = measured(urls[side], args.duration, args.threads, args.connections)
                     if side == SIDES[1]:
                         after = [counted(f"http://127.0.0.1:{p}") for p in cluster.server_ports]
                         done = [a - b for a, b in zip(after, before, strict=True)]

@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from _common import print_table, process_cpu_s, temp_dir, uvicorn_server
+from _common import add_backend_options, print_table, process_cpu_s, temp_dir, uvicorn_server
 from _fleet import (
     ADMIN,
     DEVICES,
@@ -301,8 +301,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--backend", choices=["sqlite", "mysql"], default="sqlite")
-    parser.add_argument("--mysql-url", default="mysql://root@127.0.0.1:3306")
+    add_backend_options(parser)
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     args = parser.parse_args()

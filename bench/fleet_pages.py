@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from _common import median, print_table, temp_dir, uvicorn_server, verdict
+from _common import add_backend_options, median, print_table, temp_dir, uvicorn_server, verdict
 from _fleet import ADMIN, DEVICES, ROLLOUTS, device_ids, fleet_env
 from latest_version import database, latencies, migrate, mysql_admin
 from otakit.protocol import JobReport
@@ -236,8 +236,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--backend", choices=["sqlite", "mysql"], default="sqlite")
-    parser.add_argument("--mysql-url", default="mysql://root@127.0.0.1:3306")
+    add_backend_options(parser)
     parser.add_argument("--devices", type=int, default=100_000, help="devices of the big fleet")
     parser.add_argument("--small", type=int, default=1000, help="devices of the small fleet")
     parser.add_argument(

@@ -24,10 +24,8 @@ import asyncio
 import contextlib
 import json
 import random
-import re
 import sqlite3
 import statistics
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,7 +34,18 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from _common import content_json, median, otakit_env, print_table, temp_dir, uvicorn_server, verdict
+from _common import (
+    add_backend_options,
+    add_wrk_options,
+    content_json,
+    median,
+    otakit_env,
+    print_table,
+    temp_dir,
+    uvicorn_server,
+    verdict,
+    wrk,
+)
 from otakit.server.repository import open_repository
 from otakit.versions import version_key
 
@@ -138,37 +147,15 @@ def latencies(client: httpx.Client, path: str, count: int) -> list[float]:
     return out
 
 
-def wrk(url: str, seconds: int, threads: int, connections: int) -> float:
-    done = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", url],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    if "Non-2xx" in done.stdout or "Socket errors" in done.stdout:
-        raise RuntimeError(f"wrk saw errors against {url}:\n{done.stdout}")
-    match = re.search(r"Requests/sec:\s+([\d.]+)", done.stdout)
-    if not match:
-        raise RuntimeError(f"cannot read wrk's output:\n{done.stdout}")
-    return float(match.group(1))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--backend", choices=["sqlite", "mysql"], default="sqlite")
-    parser.add_argument(
-        "--mysql-url",
-        default="mysql://root@127.0.0.1:3306",
-        help="MariaDB/MySQL server (a database is created and dropped there)",
-    )
+    add_backend_options(parser)
     parser.add_argument("--versions", type=int, default=100_000, help="versions of package 'big'")
     parser.add_argument("--requests", type=int, default=1000, help="sequential requests per side per round")
     parser.add_argument("--rounds", type=int, default=5, help="alternated rounds for (a) and (b)")
-    parser.add_argument("--duration", type=int, default=10, help="wrk seconds per run")
-    parser.add_argument("--threads", type=int, default=2, help="wrk -t")
-    parser.add_argument("--connections", type=int, default=32, help="wrk -c")
+    add_wrk_options(parser)
     parser.add_argument("--skip-wrk", action="store_true", help="only (a)")
     args = parser.parse_args()
 
@@ -238,11 +225,11 @@ def main() -> None:
                     "bare": bare.url + "/const",
                 }
                 for side in targets:  # warm-up, short
-                    wrk(targets[side], 2, args.threads, args.connections)
+                    wrk(targets[side], 2, args.threads, args.connections)  # raises on errors
                 for n in range(args.rounds):
                     order = ["bare", "otakit", "uncached"] if n % 2 == 0 else ["uncached", "otakit", "bare"]
                     rps = {
-                        side: wrk(targets[side], args.duration, args.threads, args.connections)
+                        side: wrk(targets[side], args.duration, args.threads, args.connections).rps
                         for side in order
                     }
                     wrk_rows.append(
