@@ -19,6 +19,7 @@ import abc
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Literal
 
 __all__ = [
     "BlobRange",
@@ -89,22 +90,75 @@ class BlobReader(AsyncIterator[bytes]):
 
 
 class IncomingBlob(abc.ABC):
-    """An upload in flight, not visible to readers until ``complete()`` returns."""
+    """An upload in flight, not visible to readers until ``complete()`` returns.
+
+    The lifecycle is the same for every driver and lives here: ``open`` → (``write``…) → ``complete``
+    (``completing`` until it returns); a failed write or completion leaves it ``failed``, where only
+    ``abort()`` is left. ``abort()`` may be tried again until it succeeds, and is refused after a
+    completion (delete the object instead). A driver supplies the I/O: ``_write``, ``_complete`` and
+    ``_abort``.
+    """
 
     object_id: str
     size: int  # bytes written so far
 
-    @abc.abstractmethod
+    def __init__(self, object_id: str) -> None:
+        self.object_id = object_id
+        self.size = 0
+        self._state: Literal["open", "failed", "completing", "complete", "aborting", "aborted"] = "open"
+        self._tried_complete = False
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise RuntimeError(f"upload of {self.object_id} is {self._state}; only abort() is left")
+
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append ``data`` (any size); a driver may buffer it up to its part size."""
+        self._check_open()
+        with memoryview(data) as whole, whole.cast("B") as view:
+            if not view:
+                return
+            try:
+                await self._write(view)
+            except BaseException:
+                self._state = "failed"
+                raise
+            self.size += len(view)
 
-    @abc.abstractmethod
     async def complete(self) -> None:
         """Make the object visible under ``object_id`` (durably, as the store defines it)."""
+        self._check_open()
+        self._state = "completing"
+        self._tried_complete = True
+        try:
+            await self._complete()
+        except BaseException:
+            self._state = "failed"
+            raise
+        self._state = "complete"
 
-    @abc.abstractmethod
     async def abort(self) -> None:
         """Drop everything written: no object and no unfinished upload remains. Safe to call twice."""
+        if self._state == "aborted":
+            return
+        if self._state == "complete":
+            raise RuntimeError(f"upload of {self.object_id} is complete; delete the object instead")
+        self._state = "aborting"  # until it succeeds: no more writes, and abort() may be tried again
+        await self._abort(object_may_exist=self._tried_complete)
+        self._state = "aborted"
+
+    @abc.abstractmethod
+    async def _write(self, view: memoryview) -> None:
+        """Store (or buffer) the bytes of ``view``, a non-empty byte view."""
+
+    @abc.abstractmethod
+    async def _complete(self) -> None:
+        """Whatever the store needs to make the object visible."""
+
+    @abc.abstractmethod
+    async def _abort(self, *, object_may_exist: bool) -> None:
+        """Drop what was written; with ``object_may_exist`` (a completion was tried and may have got
+        through before it failed), delete the object too."""
 
 
 class BlobStore(abc.ABC):

@@ -19,7 +19,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 from anyio import to_thread
 
@@ -80,64 +80,34 @@ class _LocalReader(BlobReader):
 
 class _LocalIncoming(IncomingBlob):
     def __init__(self, store: LocalBlobStore, object_id: str, path: Path, fd: int) -> None:
+        super().__init__(object_id)
         self._store = store
-        self.object_id = object_id
-        self.size = 0
         self._path = path
         self._fd = fd
         self._writer = _DirectWriter(fd)
-        self._state: Literal["open", "failed", "completing", "complete", "aborting", "aborted"] = "open"
-        self._tried_complete = False
 
-    def _check_open(self) -> None:
-        if self._state != "open":
-            raise RuntimeError(f"upload of {self.object_id} is {self._state}; only abort() is left")
+    async def _write(self, view: memoryview) -> None:
+        await self._store._run("store an upload's bytes", self._writer.write, view)
 
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._check_open()
-        with memoryview(data) as whole, whole.cast("B") as view:
-            if not view:
-                return
-            try:
-                await self._store._run("store an upload's bytes", self._writer.write, view)
-            except BaseException:
-                self._state = "failed"
-                raise
-            self.size += len(view)
-
-    def _complete(self) -> None:
+    def _finish(self) -> None:
         self._writer.finish(self.size)
         os.fsync(self._fd)
         os.replace(self._path, self._store._object_path(self.object_id))
         fsync_dir(self._store._objects)
         self._close()
 
-    async def complete(self) -> None:
-        self._check_open()
-        self._state = "completing"
-        self._tried_complete = True
-        try:
-            await self._store._run("store an object", self._complete)
-        except BaseException:
-            self._state = "failed"
-            raise
-        self._state = "complete"
+    async def _complete(self) -> None:
+        await self._store._run("store an object", self._finish)
 
-    def _abort(self) -> None:
+    def _drop(self, object_may_exist: bool) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path.unlink()  # still holding the lock: no sweeper can mistake it for a leftover
-        if self._tried_complete:  # a completion that failed after its rename may have made the object
+        if object_may_exist:  # a completion that failed after its rename may have made the object
             self._store._delete(self.object_id)
         self._close()
 
-    async def abort(self) -> None:
-        if self._state == "aborted":
-            return
-        if self._state == "complete":
-            raise RuntimeError(f"upload of {self.object_id} is complete; delete the object instead")
-        self._state = "aborting"  # until it succeeds: no more writes, and abort() may be tried again
-        await self._store._run("abort an upload", self._abort)
-        self._state = "aborted"
+    async def _abort(self, *, object_may_exist: bool) -> None:
+        await self._store._run("abort an upload", self._drop, object_may_exist)
 
     def _close(self) -> None:
         self._writer.close()

@@ -19,7 +19,7 @@ import contextlib
 import io
 import re
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -109,9 +109,8 @@ class _S3Reader(BlobReader):
 
 class _S3Incoming(IncomingBlob):
     def __init__(self, store: S3BlobStore, object_id: str) -> None:
+        super().__init__(object_id)
         self._store = store
-        self.object_id = object_id
-        self.size = 0
         self._key = store._key(object_id)
         # The part being filled: allocated at the first byte and reused for every part. A BytesIO, because
         # botocore and aiohttp send it in chunks as it is (raw bytes over 1 MiB block aiohttp's loop).
@@ -119,28 +118,19 @@ class _S3Incoming(IncomingBlob):
         self._fill = 0
         self._upload_id: str | None = None
         self._parts: list[CompletedPartTypeDef] = []
-        self._state: Literal["open", "failed", "completing", "complete", "aborting", "aborted"] = "open"
-        self._tried_complete = False
 
-    def _check_open(self) -> None:
-        if self._state != "open":
-            raise RuntimeError(f"upload of {self.object_id} is {self._state}; only abort() is left")
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._check_open()
+    async def _write(self, view: memoryview) -> None:
         part_size = self._store.part_size
-        with memoryview(data) as whole, whole.cast("B") as view:
-            offset = 0
-            while offset < len(view):
-                if self._buffer is None:
-                    self._buffer = io.BytesIO()
-                take = min(len(view) - offset, part_size - self._fill)
-                self._buffer.write(view[offset : offset + take])
-                self._fill += take
-                offset += take
-                self.size += take
-                if self._fill == part_size:
-                    await self._send_part()
+        offset = 0
+        while offset < len(view):
+            if self._buffer is None:
+                self._buffer = io.BytesIO()
+            take = min(len(view) - offset, part_size - self._fill)
+            self._buffer.write(view[offset : offset + take])
+            self._fill += take
+            offset += take
+            if self._fill == part_size:
+                await self._send_part()
 
     async def _send_part(self) -> None:
         """Send the buffer's ``_fill`` bytes as the next part (beginning the multipart upload)."""
@@ -148,62 +138,45 @@ class _S3Incoming(IncomingBlob):
         self._buffer.truncate(self._fill)  # the last part may be shorter than the ones before
         self._buffer.seek(0)
         client = await self._store._client()
-        try:
-            with self._store._errors("store an upload's part"):
-                if self._upload_id is None:
-                    begun = await client.create_multipart_upload(Bucket=self._store.bucket, Key=self._key)
-                    self._upload_id = begun["UploadId"]
-                number = len(self._parts) + 1
-                sent = await client.upload_part(
-                    Bucket=self._store.bucket,
-                    Key=self._key,
-                    UploadId=self._upload_id,
-                    PartNumber=number,
-                    Body=self._buffer,
-                )
-        except BaseException:
-            self._state = "failed"
-            raise
+        with self._store._errors("store an upload's part"):
+            if self._upload_id is None:
+                begun = await client.create_multipart_upload(Bucket=self._store.bucket, Key=self._key)
+                self._upload_id = begun["UploadId"]
+            number = len(self._parts) + 1
+            sent = await client.upload_part(
+                Bucket=self._store.bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=self._buffer,
+            )
         self._parts.append({"ETag": sent["ETag"], "PartNumber": number})
         self._buffer.seek(0)  # the next part overwrites this one in place
         self._fill = 0
 
-    async def complete(self) -> None:
-        self._check_open()
-        self._state = "completing"
-        self._tried_complete = True
+    async def _complete(self) -> None:
         client = await self._store._client()
-        try:
-            if self._upload_id is None:  # smaller than one part: one request, never unfinished
-                body: bytes | io.BytesIO = b""
-                if self._buffer is not None:
-                    self._buffer.truncate(self._fill)
-                    self._buffer.seek(0)
-                    body = self._buffer
-                with self._store._errors("store an object"):
-                    await client.put_object(Bucket=self._store.bucket, Key=self._key, Body=body)
-            else:
-                if self._fill:
-                    await self._send_part()
-                with self._store._errors("complete an upload"):
-                    await client.complete_multipart_upload(
-                        Bucket=self._store.bucket,
-                        Key=self._key,
-                        UploadId=self._upload_id,
-                        MultipartUpload={"Parts": self._parts},
-                    )
-        except BaseException:
-            self._state = "failed"
-            raise
-        self._state = "complete"
+        if self._upload_id is None:  # smaller than one part: one request, never unfinished
+            body: bytes | io.BytesIO = b""
+            if self._buffer is not None:
+                self._buffer.truncate(self._fill)
+                self._buffer.seek(0)
+                body = self._buffer
+            with self._store._errors("store an object"):
+                await client.put_object(Bucket=self._store.bucket, Key=self._key, Body=body)
+        else:
+            if self._fill:
+                await self._send_part()
+            with self._store._errors("complete an upload"):
+                await client.complete_multipart_upload(
+                    Bucket=self._store.bucket,
+                    Key=self._key,
+                    UploadId=self._upload_id,
+                    MultipartUpload={"Parts": self._parts},
+                )
         self._buffer = None
 
-    async def abort(self) -> None:
-        if self._state == "aborted":
-            return
-        if self._state == "complete":
-            raise RuntimeError(f"upload of {self.object_id} is complete; delete the object instead")
-        self._state = "aborting"  # until it succeeds: no more writes, and abort() may be tried again
+    async def _abort(self, *, object_may_exist: bool) -> None:
         self._buffer = None
         client = await self._store._client()
         if self._upload_id is not None:
@@ -211,9 +184,8 @@ class _S3Incoming(IncomingBlob):
                 await client.abort_multipart_upload(
                     Bucket=self._store.bucket, Key=self._key, UploadId=self._upload_id
                 )
-        if self._tried_complete:  # a completion whose answer was lost may have made the object
+        if object_may_exist:  # a completion whose answer was lost may have made the object
             await self._store.delete(self.object_id)
-        self._state = "aborted"
 
 
 class _NoSuchUpload(Exception):
