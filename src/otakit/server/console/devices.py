@@ -16,10 +16,10 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Form, Query, Request
 from starlette.responses import Response
 
-from otakit.errors import OtakitError, ValidationError
+from otakit.errors import ValidationError
 from otakit.names import check_name
-from otakit.server.console.auth import OperatorDep, check_csrf
-from otakit.server.console.render import ConsoleRoute, back_to, render
+from otakit.server.console.auth import OperatorDep
+from otakit.server.console.render import ConsoleRoute, Done, form_action, render
 from otakit.server.deps import State, app_state
 from otakit.server.routes.devices import (
     accept_device,
@@ -118,15 +118,13 @@ async def _act(
     done: str,
     then: str | None = None,
 ) -> Response:
-    """Run one of the operator's actions after the CSRF check; back to the device page (or ``then``)
-    with what happened, or with the action's refusal."""
-    check_csrf(request, who, csrf)
-    page = _device_url(device_id)
-    try:
+    """One of the operator's actions, answered from the device page (or ``then``)."""
+
+    async def operation() -> Done:
         await action(app_state(request))
-    except OtakitError as exc:
-        return back_to(request, page, str(exc), "error")
-    return back_to(request, then or page, done)
+        return Done(done, then)
+
+    return await form_action(request, who, csrf, _device_url(device_id), operation)
 
 
 @router.post("/devices/{device_id}/accept")

@@ -24,7 +24,7 @@ from otakit.errors import ForbiddenError, NotFoundError, OtakitError, TooLargeEr
 from otakit.names import check_name
 from otakit.server.console.auth import CSRF_HEADER, Operator, OperatorDep, check_csrf, check_origin
 from otakit.server.console.chart import version_chart
-from otakit.server.console.render import STREAMED, ConsoleRoute, back_to, render
+from otakit.server.console.render import STREAMED, ConsoleRoute, Done, back_to, form_action, render
 from otakit.server.deps import State, app_state
 from otakit.server.filestore import FileStore
 from otakit.server.metrics import count_received
@@ -228,14 +228,12 @@ def _what(package: str, branch: str, version: str) -> str:
 async def _set_released(
     request: Request, who: Operator, package: str, branch: str, version: str, csrf: str, released: bool
 ) -> Response:
-    check_csrf(request, who, csrf)
-    state = app_state(request)
-    try:
+    async def operation() -> Done:
+        state = app_state(request)
         await set_released(state.repo, state.store, package, branch, version, released)
-    except OtakitError as exc:
-        return back_to(request, package_url(package), str(exc), "error")
-    done = "Released" if released else "Held"
-    return back_to(request, package_url(package), f"{done} {_what(package, branch, version)}")
+        return Done(f"{'Released' if released else 'Held'} {_what(package, branch, version)}")
+
+    return await form_action(request, who, csrf, package_url(package), operation)
 
 
 @router.post("/packages/{package}/{branch}/{version}/release")
@@ -262,15 +260,12 @@ async def delete(
     csrf: _Csrf = "",
     confirm: Annotated[str, Form(max_length=10)] = "",
 ) -> Response:
-    check_csrf(request, who, csrf)
-    state = app_state(request)
-    try:
+    async def operation() -> Done:
         if not confirm:
             raise ValidationError(f"tick the box to confirm deleting {_what(package, branch, version)}")
+        state = app_state(request)
         await delete_version(state.repo, state.store, package, branch, version)
-    except OtakitError as exc:
-        return back_to(request, package_url(package), str(exc), "error")
-    left = await state.repo.list_versions(package)
-    return back_to(
-        request, package_url(package) if left else LIST_URL, f"Deleted {_what(package, branch, version)}"
-    )
+        left = await state.repo.list_versions(package)  # the last one gone: back to the list
+        return Done(f"Deleted {_what(package, branch, version)}", None if left else LIST_URL)
+
+    return await form_action(request, who, csrf, package_url(package), operation)

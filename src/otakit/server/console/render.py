@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -26,6 +27,7 @@ from otakit.server.console.auth import (
     LOGIN_COOKIE,
     NotLoggedIn,
     Operator,
+    check_csrf,
     clear_cookie,
     set_cookie,
     signer,
@@ -119,6 +121,29 @@ def flash(request: Request, response: Response, text: str, kind: str = "ok") -> 
 def back_to(request: Request, url: str, text: str, kind: str = "ok") -> Response:
     """Redirect to ``url`` with a flash message: how every console form answers."""
     return flash(request, redirect(url), text, kind)
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """What a form's operation did: the sentence to show, and the page to show it on (the form's own
+    when None)."""
+
+    text: str
+    url: str | None = None
+
+
+async def form_action(
+    request: Request, who: Operator, csrf: str, back: str, operation: Callable[[], Awaitable[Done]]
+) -> Response:
+    """How every console form that changes something answers: the CSRF check first (403, nothing is
+    done), then the operation; a redirect with what it did, or back to ``back`` with its refusal (an
+    ``OtakitError``'s sentence)."""
+    check_csrf(request, who, csrf)
+    try:
+        done = await operation()
+    except OtakitError as exc:
+        return back_to(request, back, str(exc), "error")
+    return back_to(request, done.url or back, done.text)
 
 
 def _login_url(request: Request) -> str:

@@ -17,11 +17,11 @@ from pydantic import ValidationError as PydanticValidationError
 from starlette.responses import Response
 
 from otakit.content import describe_pydantic_error
-from otakit.errors import ConflictError, OtakitError, ValidationError
+from otakit.errors import ConflictError, ValidationError
 from otakit.protocol import RolloutCreate
 from otakit.rollout import transition
-from otakit.server.console.auth import Operator, OperatorDep, check_csrf
-from otakit.server.console.render import ConsoleRoute, back_to, render
+from otakit.server.console.auth import Operator, OperatorDep
+from otakit.server.console.render import ConsoleRoute, Done, form_action, render
 from otakit.server.deps import State, app_state
 from otakit.server.repository.rollouts import RolloutRow
 from otakit.server.routes.rollouts import OPERATOR_ACTIONS, OperatorAction, act, find_rollout, start_rollout
@@ -169,13 +169,12 @@ async def start(
     tags: _Field = "",
     csrf: _Csrf = "",
 ) -> Response:
-    check_csrf(request, who, csrf)
-    try:
+    async def operation() -> Done:
         body = parse_start_form(target, phases, max_failure_percent, min_reports, phase_seconds, tags)
         row = await start_rollout(app_state(request), body)
-    except OtakitError as exc:
-        return back_to(request, _LIST, str(exc), "error")
-    return back_to(request, _page(row.id), f"Started rollout #{row.id} of {row.package} {row.version}.")
+        return Done(f"Started rollout #{row.id} of {row.package} {row.version}.", _page(row.id))
+
+    return await form_action(request, who, csrf, _LIST, operation)
 
 
 # -- one rollout --------------------------------------------------------------------------------------
@@ -209,12 +208,11 @@ async def rollout_live(request: Request, rollout_id: int, who: OperatorDep) -> R
 async def _action(
     request: Request, who: Operator, rollout_id: int, action: OperatorAction, csrf: str
 ) -> Response:
-    check_csrf(request, who, csrf)
-    try:
+    async def operation() -> Done:
         row = await act(app_state(request), rollout_id, action)
-    except OtakitError as exc:
-        return back_to(request, _page(rollout_id), str(exc), "error")
-    return back_to(request, _page(rollout_id), f"{_DONE[action]} rollout #{row.id}: it is {row.state}.")
+        return Done(f"{_DONE[action]} rollout #{row.id}: it is {row.state}.")
+
+    return await form_action(request, who, csrf, _page(rollout_id), operation)
 
 
 @router.post("/rollouts/{rollout_id}/advance")

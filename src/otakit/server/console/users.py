@@ -13,11 +13,11 @@ import anyio.to_thread
 from fastapi import APIRouter, Form, Request
 from starlette.responses import Response
 
-from otakit.errors import ConflictError, OtakitError, ValidationError
+from otakit.errors import ConflictError, NotFoundError, ValidationError
 from otakit.names import check_name
 from otakit.passwords import check_new_password, hash_password
 from otakit.server.console.auth import OperatorDep, check_csrf
-from otakit.server.console.render import ConsoleRoute, back_to, render
+from otakit.server.console.render import ConsoleRoute, Done, back_to, form_action, render
 from otakit.server.deps import app_state
 
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
@@ -44,32 +44,31 @@ async def _new_hash(password: str, repeat: str) -> str:
 async def add_user(
     request: Request, who: OperatorDep, username: _Field, password: _Field, repeat: _Field, csrf: _Csrf = ""
 ) -> Response:
-    check_csrf(request, who, csrf)
-    try:
+    async def operation() -> Done:
         check_name(username, "user")
         hashed = await _new_hash(password, repeat)
-        await app_state(request).repo.users.add(username, hashed, now=time.time())
-    except ConflictError:
-        return back_to(request, _PAGE, f"user {username} exists already", "error")
-    except OtakitError as exc:
-        return back_to(request, _PAGE, str(exc), "error")
-    return back_to(request, _PAGE, f"Added user {username}.")
+        try:
+            await app_state(request).repo.users.add(username, hashed, now=time.time())
+        except ConflictError:
+            raise ConflictError(f"user {username} exists already") from None
+        return Done(f"Added user {username}.")
+
+    return await form_action(request, who, csrf, _PAGE, operation)
 
 
 @router.post("/users/{name}/password")
 async def set_password(
     request: Request, name: str, who: OperatorDep, password: _Field, repeat: _Field, csrf: _Csrf = ""
 ) -> Response:
-    check_csrf(request, who, csrf)
-    try:
+    async def operation() -> Done:
         hashed = await _new_hash(password, repeat)
         if not await app_state(request).repo.users.set_password(check_name(name, "user"), hashed):
-            return back_to(request, _PAGE, f"no user {name}", "error")
-    except OtakitError as exc:
-        return back_to(request, _PAGE, str(exc), "error")
-    if name == who.name:  # its own sessions ended with the change, this one too
-        return back_to(request, "/console/login", "Your password is changed: log in with the new one.")
-    return back_to(request, _PAGE, f"Changed the password of {name}; their sessions are ended.")
+            raise NotFoundError(f"no user {name}")
+        if name == who.name:  # its own sessions ended with the change, this one too
+            return Done("Your password is changed: log in with the new one.", "/console/login")
+        return Done(f"Changed the password of {name}; their sessions are ended.")
+
+    return await form_action(request, who, csrf, _PAGE, operation)
 
 
 @router.post("/users/{name}/delete")
