@@ -30,6 +30,7 @@ from supervise import (
     port_is_free,
     prepare_folder,
     run,
+    run_otakit,
     say,
     wait_for,
 )
@@ -102,16 +103,7 @@ class Demo:
         )
 
     def otakit(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "otakit", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            env=self.server_env(),
-            cwd=self.folder,
-            timeout=STEP_TIMEOUT,
-            check=False,
-        )
+        return run_otakit(*args, env=self.server_env(), cwd=self.folder, stdin=stdin, timeout=STEP_TIMEOUT)
 
     # 1
     def start_server(self) -> None:

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,9 +29,11 @@ __all__ = [
     "box",
     "child_env",
     "free_port",
+    "otakit_argv",
     "port_is_free",
     "prepare_folder",
     "run",
+    "run_otakit",
     "say",
     "wait_for",
 ]
@@ -169,6 +172,28 @@ def wait_for(what: str, probe: Callable[[], T | None], children: Children, timeo
         if time.monotonic() > deadline:
             raise StepError(f"{what}: not within {timeout:g} s")
         time.sleep(0.1)
+
+
+def otakit_argv() -> list[str]:
+    """This interpreter's ``otakit`` (the venv's), or ``python -m otakit`` without one."""
+    path = Path(sys.executable).with_name("otakit")
+    return [str(path)] if path.exists() else [sys.executable, "-m", "otakit"]
+
+
+def run_otakit(
+    *args: str, env: dict[str, str], cwd: Path, stdin: str | None = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """One ``otakit`` command to its end, its output captured (the caller reads the exit status)."""
+    return subprocess.run(
+        [*otakit_argv(), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -495,17 +495,22 @@ async def test_a_stopped_server_is_unavailable(tmp_path: Path) -> None:
             late = await store.begin(oid())
             with pytest.raises(UnavailableError):
                 await late.write(os.urandom(PART))
-            with pytest.raises(UnavailableError):
-                await store.open_range(kept)
-            with pytest.raises(UnavailableError):
-                await store.size(kept)
-            with pytest.raises(UnavailableError):
-                await store.unfinished()
-            with pytest.raises(UnavailableError):
-                [object_id async for object_id in store.object_ids()]
+            await every_read_is_unavailable(store, kept)
             assert await store.download_url(kept, expires_s=60) is not None  # signing needs no server
         finally:
             await store.close()
+
+
+async def every_read_is_unavailable(store: BlobStore, kept: str) -> None:
+    """Reading an object, its size or a listing: each an UnavailableError from a store that is gone."""
+    with pytest.raises(UnavailableError):
+        await store.open_range(kept)
+    with pytest.raises(UnavailableError):
+        await store.size(kept)
+    with pytest.raises(UnavailableError):
+        await store.unfinished()
+    with pytest.raises(UnavailableError):
+        [object_id async for object_id in store.object_ids()]
 
 
 @pytest.mark.parametrize("how", ["removed", "unwritable"])
@@ -527,14 +532,7 @@ async def test_a_missing_or_unwritable_folder_is_unavailable(tmp_path: Path, how
             await incoming.complete()
         with pytest.raises(UnavailableError):
             await store.begin(oid())
-        with pytest.raises(UnavailableError):
-            await store.open_range(kept)
-        with pytest.raises(UnavailableError):
-            await store.size(kept)
-        with pytest.raises(UnavailableError):
-            await store.unfinished()
-        with pytest.raises(UnavailableError):
-            [object_id async for object_id in store.object_ids()]
+        await every_read_is_unavailable(store, kept)
     else:
         if os.geteuid() == 0:
             pytest.skip("root writes through any folder mode")

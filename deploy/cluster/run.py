@@ -25,7 +25,6 @@ import pwd
 import re
 import secrets
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -38,7 +37,19 @@ import httpx
 import pymysql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # deploy/: what demo.py shares with it
-from supervise import Children, StepError, box, child_env, port_is_free, prepare_folder, run, say, wait_for
+from supervise import (
+    Children,
+    StepError,
+    box,
+    child_env,
+    otakit_argv,
+    port_is_free,
+    prepare_folder,
+    run,
+    run_otakit,
+    say,
+    wait_for,
+)
 
 from otakit.errors import ValidationError
 from otakit.server.db.urls import mysql_params
@@ -50,12 +61,6 @@ PACKAGE = "cluster-app"
 BRANCH = "major"
 NGINX = "/usr/sbin/nginx"
 DATABASE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
-
-
-def otakit_argv() -> list[str]:
-    """This interpreter's ``otakit`` (the venv's), or ``python -m otakit`` without one."""
-    path = Path(sys.executable).with_name("otakit")
-    return [str(path)] if path.exists() else [sys.executable, "-m", "otakit"]
 
 
 def nginx_config(folder: Path, port: int, server_ports: list[int]) -> str:
@@ -202,15 +207,7 @@ class Cluster:
         except pymysql.err.MySQLError as error:
             raise StepError(f"could not create the database on {where} (--mysql-url): {error}") from None
         # Migrate once here, not in N servers racing at their start.
-        done = subprocess.run(
-            [*otakit_argv(), "db", "upgrade"],
-            capture_output=True,
-            text=True,
-            env=self.server_env(),
-            cwd=self.folder,
-            timeout=STEP_TIMEOUT,
-            check=False,
-        )
+        done = run_otakit("db", "upgrade", env=self.server_env(), cwd=self.folder, timeout=STEP_TIMEOUT)
         if done.returncode != 0:
             raise StepError(f"otakit db upgrade failed: {(done.stderr or done.stdout).strip()}")
         say("      tables created (otakit db upgrade)")
