@@ -8,6 +8,7 @@ import pytest
 
 from otakit.server.repository import Repository, open_repository
 from tests.databases import BACKENDS, MySQLServer, database_url, mysql_database
+from tests.s3_server import S3Server, run_weed
 from tests.servers import RunningServer, run_server
 
 
@@ -43,6 +44,14 @@ def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
 @pytest.fixture(scope="session")
 def mysql_server() -> Iterator[MySQLServer]:
     with mysql_database() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real SeaweedFS S3 server for the whole run (each user takes a prefix of its own)."""
+    with run_weed(tmp_path_factory.mktemp("weed")) as server:
+        print(f"\nSeaweedFS started in {server.started_in_s:.2f} s at {server.endpoint}")
         yield server
 
 

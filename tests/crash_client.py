@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from otakit.content import parse_content
-from otakit.server.filestore import LocalFileStore
+from otakit.server.blobstore import LocalBlobStore
+from otakit.server.inflight import InFlight
 from otakit.server.publish import publish
 from otakit.server.repository import Claim, Repository, VersionKey, VersionRow, open_repository
 
@@ -119,34 +120,31 @@ def instrument_repo(repo: Repository, steps: Steps) -> None:
     repo.claim = claim  # type: ignore[method-assign]
 
 
-async def upload(repo: Repository, store: LocalFileStore, spec: dict[str, Any]) -> None:
+async def upload(repo: Repository, store: LocalBlobStore, inflight: InFlight, spec: dict[str, Any]) -> None:
     text = content_text(spec)
     content = parse_content(text)
     data = package_bytes(spec["seed"], spec["size"])
-    incoming = await asyncio.to_thread(store.incoming)
-    incoming.write(data)
-    digest = await asyncio.to_thread(incoming.finish)
-    assert content.sha256_matches(digest)
+    assert content.sha256_matches(hashlib.sha256(data).hexdigest())
+    incoming = await store.begin(await inflight.begin())
+    await incoming.write(data)
     canonical = json.dumps(content.raw, ensure_ascii=False, separators=(",", ":"))
-    try:
-        await publish(repo, store, content, incoming, canonical, force=spec["force"])
-    finally:
-        await asyncio.to_thread(incoming.discard)
+    await publish(repo, store, inflight, content, incoming, canonical, force=spec["force"])
 
 
 async def main(spec: dict[str, Any]) -> None:
     root = Path(spec["files_dir"])
     steps = Steps(spec["crash_at"], Path(spec["report"]), root)
     instrument_os(steps)
-    store = LocalFileStore(root)
-    store.prepare()
+    root.mkdir(parents=True, exist_ok=True)
+    store = LocalBlobStore(root)
     async with open_repository(spec["database_url"]) as repo:
         await repo.upgrade()
         instrument_repo(repo, steps)
+        inflight = InFlight(repo)
         for before in spec["setup"]:
-            await upload(repo, store, before)
+            await upload(repo, store, inflight, before)
         steps.armed = True
-        await upload(repo, store, spec["target"])
+        await upload(repo, store, inflight, spec["target"])
         steps.armed = False
 
 

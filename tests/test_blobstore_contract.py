@@ -38,7 +38,6 @@ from otakit.server.blobstore import (
     s3_store_from_url,
 )
 from otakit.server.blobstore.s3 import MIN_PART_SIZE
-from otakit.server.filestore import LocalFileStore
 from tests.s3_server import S3Server, run_weed
 from tests.servers import free_port
 
@@ -49,13 +48,6 @@ PART = MIN_PART_SIZE  # the stores under test use S3's smallest part, so that fe
 STORE_KINDS = ["local", "s3"]
 
 StoreFactory = Callable[[], BlobStore]
-
-
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with run_weed(tmp_path_factory.mktemp("weed")) as server:
-        print(f"\nSeaweedFS started in {server.started_in_s:.2f} s at {server.endpoint}")
-        yield server
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -716,20 +708,27 @@ def local(tmp_path: Path) -> LocalBlobStore:
     return LocalBlobStore(tmp_path)
 
 
-async def test_local_layout_is_the_file_stores(local: LocalBlobStore, tmp_path: Path) -> None:
-    """Objects and part files sit where ``LocalFileStore`` keeps them, and it honours their flocks."""
+async def test_local_objects_and_layout_are_where_nginx_finds_them(
+    local: LocalBlobStore, tmp_path: Path
+) -> None:
+    """Objects in ``.objects``, part files in ``.incoming``, layout entries hard links to objects."""
     done, flying = oid(), oid()
     await put(local, done, b"done")
     incoming = await local.begin(flying)
     await incoming.write(b"flying")
     assert (tmp_path / ".objects" / done).read_bytes() == b"done"
     assert (tmp_path / ".incoming" / f"{flying}.part").is_file()
-    files = LocalFileStore(tmp_path)
-    files.prepare()
-    assert files.object_ids() == [done]
-    assert files.remove_stale_incoming() == 0  # a live upload: left alone
-    with files.open_object(done) as stream:
-        assert stream.read() == b"done"
+    assert local.layout is not None
+    await local.layout.link("pkg", "main", "1.0", done)
+    entry = tmp_path / "pkg" / "main" / "pkg-main-1.0.zip"
+    assert entry.read_bytes() == b"done"
+    assert entry.stat().st_ino == (tmp_path / ".objects" / done).stat().st_ino
+    assert entry.stat().st_mode & 0o777 == 0o644
+    assert await local.layout.is_object("pkg", "main", "1.0", done)
+    assert await ids(local) == {done}  # layout entries are not objects
+    await local.layout.unlink("pkg", "main", "1.0")
+    assert not entry.exists()
+    assert await read(local, done) == b"done"
     await incoming.complete()
     assert await read(local, flying) == b"flying"
     assert await local.unfinished() == []

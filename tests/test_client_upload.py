@@ -168,3 +168,54 @@ def test_an_invalid_latest_answer_names_the_server() -> None:
     assert str(refused.value) == (
         "invalid content.json from http://ota.test: invalid version 'latest': not a PEP 440 version"
     )
+
+
+def _retrying_server(statuses: list[int], stored_sha: str | None) -> tuple[httpx.MockTransport, list[str]]:
+    """Answers the uploads with ``statuses`` in turn; /getVersion lists a version of ``stored_sha``."""
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        request.read()
+        seen.append(f"{request.method} {request.url.path}")
+        if request.url.path == "/getVersion":
+            item = {"name": "app", "branch": "major", "version": "1.0", "content": {"sha256": stored_sha}}
+            return httpx.Response(200, json={"status": 200, "list": [item]})
+        status = statuses.pop(0)
+        return httpx.Response(status, json={"status": status, "error": f"answer {status}"})
+
+    return httpx.MockTransport(answer), seen
+
+
+def test_an_upload_answered_503_is_sent_again(tmp_path: Path) -> None:
+    path, sha = _package(tmp_path, 1000)
+    transport, seen = _retrying_server([503, 502, 200], None)
+    with ServerClient("http://ota.test", retries=3, transport=transport) as client:
+        client.upload(path, _content(sha))
+        assert client.attempts_retried == 2
+    assert seen == ["PUT /upload"] * 3
+
+
+def test_a_409_after_a_retry_is_our_own_earlier_upload_when_the_sha256_matches(tmp_path: Path) -> None:
+    path, sha = _package(tmp_path, 1000)
+    transport, seen = _retrying_server([503, 409], sha)
+    with ServerClient("http://ota.test", retries=3, transport=transport) as client:
+        client.upload(path, _content(sha))
+    assert seen == ["PUT /upload", "PUT /upload", "GET /getVersion"]
+
+    transport, _ = _retrying_server([503, 409], "f" * 64)  # another file under that version
+    with (
+        ServerClient("http://ota.test", retries=3, transport=transport) as client,
+        pytest.raises(ConflictError, match="answer 409"),
+    ):
+        client.upload(path, _content(sha))
+
+
+def test_a_409_without_a_retry_stays_a_conflict(tmp_path: Path) -> None:
+    path, sha = _package(tmp_path, 1000)
+    transport, seen = _retrying_server([409], sha)
+    with (
+        ServerClient("http://ota.test", retries=3, transport=transport) as client,
+        pytest.raises(ConflictError),
+    ):
+        client.upload(path, _content(sha))
+    assert seen == ["PUT /upload"]

@@ -13,8 +13,8 @@ The invariant, checked after each restart:
 
 - every row's file is served (``/otafiles/…``) and laid out (``<root>/<pkg>/<branch>/…zip``) with the
   row's sha256; the layout holds nothing else (no file without its row, no temp link);
-- ``.incoming`` and ``.journal`` are empty and ``.objects`` holds exactly the rows' objects, each the
-  very file (hard link) of its layout entry;
+- ``.incoming`` is empty, no upload is left in flight in the database, and ``.objects`` holds exactly
+  the rows' objects, each the very file (hard link) of its layout entry;
 - the key of the interrupted upload holds the previous row or the uploaded one, nothing else, and an
   upload that was answered 200 is there.
 """
@@ -44,6 +44,8 @@ import pytest
 from fastapi import FastAPI
 
 from otakit.server.app import create_app
+from otakit.server.repository import open_repository
+from otakit.server.repository.uploads import UploadEntry
 from otakit.server.settings import ServerSettings
 from otakit.versions import version_key
 from tests.crash_client import CRASH_EXIT, content_text
@@ -123,11 +125,21 @@ def check_store(client: httpx.Client, files_dir: Path, packages: Iterable[str]) 
     }
     assert set(laid_out) == layout_expected, "the layout holds files without rows (or lacks some)"
     assert list((files_dir / ".incoming").iterdir()) == [], "temp files left in .incoming"
-    assert list((files_dir / ".journal").iterdir()) == [], "journal entries left after recovery"
     objects = {path.stat().st_ino for path in (files_dir / ".objects").iterdir()}
     assert len(objects) == len(rows), f"{len(objects)} objects for {len(rows)} rows"
     assert objects == set(laid_out.values()), "layout entries are not the rows' objects"
     return rows
+
+
+def check_no_uploads_left(url: str) -> None:
+    """Recovery ended every upload in flight: the database's ``uploads`` table is empty."""
+
+    async def entries() -> list[UploadEntry]:
+        async with open_repository(url) as repo:
+            return await repo.uploads.all()
+
+    left = anyio.run(entries)
+    assert left == [], f"uploads still in flight after recovery: {left}"
 
 
 def check_outcome(rows: dict[Key, Stored], allowed: dict[Key, set[Stored | None]]) -> None:
@@ -325,6 +337,7 @@ def test_sigkill_mid_upload(backend: str, tmp_path: Path) -> None:
                 recovered = (int(match[1]), int(match[2]), int(match[3])) if match else (0, 0, 0)
                 with server.client() as client:
                     found = check_store(client, files_dir, ["pkg-a", "pkg-b", "pkg-c"])
+                check_no_uploads_left(url)
                 allowed: dict[Key, set[Stored | None]] = {key: {row} for key, row in rows.items()}
                 old = rows.get(attempt.key)
                 allowed[attempt.key] = {attempt.stored} if attempt.status == 200 else {old, attempt.stored}
@@ -414,6 +427,7 @@ def _recover_and_check(
         httpx.Client(transport=_PortalTransport(portal, app), base_url="http://otakit") as client,
     ):
         rows = check_store(client, files_dir, ["pkg-a", "pkg-b"])
+    check_no_uploads_left(url)
     check_outcome(rows, allowed)
     return rows
 

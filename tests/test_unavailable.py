@@ -16,7 +16,7 @@ from tests.servers import run_server
 def test_healthz_is_503_when_the_file_store_is_gone(tmp_path: Path) -> None:
     with run_server(tmp_path, f"sqlite:///{tmp_path / 'ota.db'}") as server, server.client() as client:
         assert client.get("/healthz").status_code == 200
-        shutil.rmtree(server.files_dir / ".objects")
+        shutil.rmtree(server.files_dir)  # as a lost mount: the store's own folder is gone
         response = client.get("/healthz")
         assert response.status_code == 503
         assert response.json()["status"] == 503
@@ -44,7 +44,7 @@ def test_database_outage_is_503(tmp_path: Path) -> None:
 
 def test_a_file_store_that_cannot_be_written_is_503_and_keeps_nothing(tmp_path: Path) -> None:
     with run_server(tmp_path, f"sqlite:///{tmp_path / 'ota.db'}") as server:
-        shutil.rmtree(server.files_dir / ".incoming")  # uploads can no longer be received
+        shutil.rmtree(server.files_dir)  # a lost mount: uploads can no longer be received
         data = make_zip()
         response = upload(server, content_for(data, "p", "1.0"), data)
         assert response.status_code == 503, response.text

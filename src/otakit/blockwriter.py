@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-__all__ = ["BlockWriter"]
+__all__ = ["AsyncBlockWriter", "BlockWriter"]
 
 
 class BlockWriter:
@@ -66,10 +66,13 @@ class BlockWriter:
         await self._wait()  # the other buffer is free once its block is written
         if self._used:
             block = memoryview(self._buffers[self._filling])[: self._used]
-            self._pending = asyncio.get_running_loop().run_in_executor(None, self._write, block)
+            self._pending = self._start(block)
             self._pending.add_done_callback(functools.partial(self._done, size=self._used))
             self._filling ^= 1
             self._used = 0
+
+    def _start(self, block: memoryview) -> asyncio.Future[None]:
+        return asyncio.get_running_loop().run_in_executor(None, self._write, block)
 
     def _done(self, done: asyncio.Future[None], size: int) -> None:
         if done.cancelled() or done.exception() is not None:
@@ -88,3 +91,23 @@ class BlockWriter:
         finally:
             if pending.done():
                 self._pending = None
+
+
+class AsyncBlockWriter(BlockWriter):
+    """A ``BlockWriter`` whose writer is a coroutine function, run as a task while the loop fills the
+    other buffer (it does its own thread hops, e.g. hashing in one while a blob store writes)."""
+
+    def __init__(
+        self,
+        write: Callable[[memoryview], Awaitable[None]],
+        block_size: int,
+        on_written: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__(lambda block: None, block_size, on_written)
+        self._awrite = write
+
+    def _start(self, block: memoryview) -> asyncio.Future[None]:
+        async def run() -> None:
+            await self._awrite(block)
+
+        return asyncio.ensure_future(run())

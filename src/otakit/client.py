@@ -37,6 +37,7 @@ _ERRORS: dict[int, type[OtakitError]] = {
 }
 # A request that failed with one of these never reached the server: safe to send again.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_UNAVAILABLE = frozenset({502, 503, 504})
 Progress = Callable[[int], None]  # called with the bytes of the file sent so far
 Body = Callable[[], Iterator[bytes]]
 _PIECE = 1024 * 1024
@@ -107,6 +108,7 @@ class ServerClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retries = retries
+        self.attempts_retried = 0  # requests sent again after a failure, over this client's life
         headers = {"User-Agent": f"otakit/{otakit.__version__}"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -128,26 +130,44 @@ class ServerClient:
         self.close()
 
     def _request(
-        self, method: str, path: str, *, body: Body | None = None, idempotent: bool = True, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Body | None = None,
+        idempotent: bool = True,
+        retry_unavailable: bool | None = None,
+        **kwargs: Any,
     ) -> Any:
-        """Send with retries on connection failures (a fresh ``body()`` each time); return the JSON
-        answer or raise OtakitError. A request that is not ``idempotent`` is retried only when it
-        cannot have reached the server (no connection was made)."""
-        delay = 0.25
+        """Send with retries (a fresh ``body()`` each time); return the JSON answer or raise OtakitError.
+
+        Connection failures are retried when the request is ``idempotent``, else only when it cannot
+        have reached the server (no connection was made). Answers 502, 503 and 504 (the server or the
+        stores behind it are down for now) are retried when ``retry_unavailable`` (by default, when
+        ``idempotent``): otakit answers 503 only when nothing was changed.
+        """
+        if retry_unavailable is None:
+            retry_unavailable = idempotent
+        delay = 0.5
         retried = (httpx.TransportError,) if idempotent else _NOT_SENT
         for attempt in range(self.retries + 1):
+            last = attempt == self.retries
             try:
                 if body is not None:
                     kwargs["content"] = body()
                 response = self._http.request(method, path, **kwargs)
-                break
             except httpx.TransportError as exc:
-                if attempt == self.retries or not isinstance(exc, retried):
+                if last or not isinstance(exc, retried):
                     raise UnavailableError(
                         f"cannot reach the server at {self.base_url}: {exc or type(exc).__name__}"
                     ) from None
-                time.sleep(delay)
-                delay *= 2
+            else:
+                if last or not retry_unavailable or response.status_code not in _UNAVAILABLE:
+                    break
+                response.close()
+            self.attempts_retried += 1
+            time.sleep(delay)
+            delay *= 2
         return self._answer(response)
 
     def _answer(self, response: httpx.Response) -> Any:
@@ -225,10 +245,29 @@ class ServerClient:
 
         headers, body = _multipart(zip_path, content_text, progress, check)
         params = {"force": "1"} if force else None
+        retried_before = self.attempts_retried
         try:
-            self._request("PUT", "/upload", params=params, headers=headers, body=body)
+            self._request("PUT", "/upload", params=params, headers=headers, body=body, retry_unavailable=True)
+        except ConflictError:
+            # After a retry, a 409 may be our own earlier attempt, committed behind a proxy that lost
+            # its answer: the same version with the same sha256 is then published, as asked.
+            if self.attempts_retried == retried_before or not self._has(content):
+                check()
+                raise
         except (OtakitError, OSError):
             check()  # a file that does not match explains any refusal best
             raise
         finally:
             digest.cancel()
+
+    def _has(self, content: Content) -> bool:
+        """Whether the server holds ``content``'s version with the same sha256."""
+        try:
+            listed = self.versions(content.package, content.branch, content.version)
+        except OtakitError:
+            return False
+        return any(
+            isinstance(item.get("content"), dict)
+            and str(item["content"].get("sha256", "")).lower() == content.sha256.lower()
+            for item in listed
+        )

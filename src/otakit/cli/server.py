@@ -74,19 +74,26 @@ def server(
 
 
 async def _fsck(settings: ServerSettings) -> str:
-    from otakit.server.filestore import LocalFileStore
+    from otakit.server.blobstore import open_blobstore
+    from otakit.server.inflight import InFlight
     from otakit.server.publish import recover
 
     async with server_repository(settings) as repo:
         await repo.upgrade()
-        store = LocalFileStore(settings.files_dir)
-        store.prepare()
-        return str(await recover(repo, store))
+        store = open_blobstore(settings)
+        try:
+            await store.ping()
+            return str(
+                await recover(repo, store, InFlight(repo, lease_seconds=settings.upload_lease_seconds))
+            )
+        finally:
+            await store.close()
 
 
 @server_app.command()
 def fsck(config: ConfigOption = None) -> None:
-    """Finish or undo interrupted uploads and remove leftover temporary files."""
+    """Finish or undo interrupted uploads (of dead servers, or whose lease ran out), remove orphan
+    objects and abort unfinished multipart uploads."""
     with reporting_errors():
         import asyncio
 

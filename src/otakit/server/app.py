@@ -8,14 +8,14 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 import otakit
+from otakit.server.blobstore import open_blobstore
 from otakit.server.console import add_console
 from otakit.server.deps import State
-from otakit.server.filestore import LocalFileStore
+from otakit.server.inflight import InFlight
 from otakit.server.latest_cache import LatestCache, StampCache
 from otakit.server.periodic import Periodic
 from otakit.server.publish import recover
@@ -39,14 +39,15 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         repo = open_repository(settings.database_url)
-        store = LocalFileStore(settings.files_dir)
+        store = open_blobstore(settings)
+        inflight = InFlight(repo, lease_seconds=settings.upload_lease_seconds)
         await repo.connect()
         try:
             applied = await repo.upgrade()
             if applied:
                 log.info("database migrations applied: %s", ", ".join(applied))
-            await anyio.to_thread.run_sync(store.prepare)
-            report = await recover(repo, store)
+            await store.ping()
+            report = await recover(repo, store, inflight)
             if report.journals or report.objects or report.incoming:
                 log.warning("%s", report)
             secret = settings.console_secret or await repo.users.secret(
@@ -59,6 +60,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                 settings,
                 repo,
                 store,
+                inflight,
                 LatestCache(max_age=max_age),
                 seen,
                 StampCache(max_entries=100_000, max_age=max_age),
@@ -69,7 +71,14 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                 if await repo.rollouts.advance_due(time.time()):
                     await repo.changes.bump()
 
+            async def recover_expired() -> None:
+                report = await recover(repo, store, inflight, sweep=False)
+                if report.journals:
+                    log.warning("%s", report)
+
             background = [
+                Periodic("leases", inflight.renew_every, inflight.renew),
+                Periodic("recovery", inflight.lease_seconds / 2, recover_expired),
                 Periodic("heartbeats", 2.0, seen.flush),
                 Periodic("rollouts", 2.0, advance_due),
                 Periodic("changes", REFRESH_SECONDS, repo.changes.refresh),
@@ -83,6 +92,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                     await task.stop()
                 await seen.flush()  # the last heartbeats are written before the database closes
         finally:
+            await store.close()
             await repo.close()
 
     app = FastAPI(

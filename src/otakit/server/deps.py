@@ -9,7 +9,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from otakit.errors import AuthError
-from otakit.server.filestore import FileStore
+from otakit.server.blobstore import BlobStore
+from otakit.server.inflight import InFlight
 from otakit.server.latest_cache import LatestCache, StampCache
 from otakit.server.repository import Repository
 from otakit.server.seen import SeenBuffer
@@ -18,6 +19,7 @@ from otakit.server.settings import ServerSettings
 __all__ = [
     "Admin",
     "AdminDep",
+    "InFlightDep",
     "Publisher",
     "PublisherDep",
     "RepoDep",
@@ -37,7 +39,8 @@ __all__ = [
 class State:
     settings: ServerSettings
     repo: Repository
-    store: FileStore
+    store: BlobStore
+    inflight: InFlight
     latest: LatestCache
     seen: SeenBuffer
     # The fleet's hot paths (device tokens, released rows, active rollouts, device views), under the
@@ -65,8 +68,12 @@ async def _repo(request: Request) -> Repository:
     return app_state(request).repo
 
 
-async def _store(request: Request) -> FileStore:
+async def _store(request: Request) -> BlobStore:
     return app_state(request).store
+
+
+async def _inflight(request: Request) -> InFlight:
+    return app_state(request).inflight
 
 
 async def _settings(request: Request) -> ServerSettings:
@@ -132,7 +139,8 @@ async def require_admin(request: Request) -> Admin:
 
 
 RepoDep = Annotated[Repository, Depends(_repo)]
-StoreDep = Annotated[FileStore, Depends(_store)]
+StoreDep = Annotated[BlobStore, Depends(_store)]
+InFlightDep = Annotated[InFlight, Depends(_inflight)]
 SettingsDep = Annotated[ServerSettings, Depends(_settings)]
 PublisherDep = Annotated[Publisher, Depends(require_publisher)]
 AdminDep = Annotated[Admin, Depends(require_admin)]

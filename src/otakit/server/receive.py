@@ -1,24 +1,27 @@
-"""Streaming a multipart upload straight into an incoming file.
+"""Streaming a multipart upload straight into the blob store.
 
 The request body goes through python-multipart's ``MultipartParser`` chunk by chunk. The ``content``
 part, and any small text field the caller names (the console's ``csrf``), is kept in memory (small and
-bounded); the ``file`` part's bytes are batched into large blocks and each block is hashed and written
-by a worker thread while the event loop receives the next one, so memory stays flat (about two blocks)
-and hashing and disk writes overlap the network.
+bounded); the ``file`` part's bytes are batched into large blocks, and each block is hashed in a worker
+thread while the store writes it (its own thread, or the network), as the event loop receives the next
+one: memory stays flat (two blocks, plus a store's part buffer) and hashing and writing overlap the
+network.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+import anyio
 import anyio.to_thread
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from otakit.blockwriter import BlockWriter
+from otakit.blockwriter import AsyncBlockWriter
 from otakit.errors import TooLargeError, ValidationError
-from otakit.server.filestore import IncomingFile
+from otakit.server.blobstore import IncomingBlob
 
 __all__ = ["BLOCK_SIZE", "FIELD_BYTES", "ReceivedUpload", "receive_upload"]
 
@@ -29,15 +32,29 @@ FIELD_BYTES = 4096  # the most a named text field (``fields``) may hold
 @dataclass
 class ReceivedUpload:
     content_text: bytes | None = None
-    incoming: IncomingFile | None = None
+    incoming: IncomingBlob | None = None
+    """Every byte of the file written, not yet completed: the caller completes or aborts it."""
     digest: str | None = None
+
+
+class _HashingSink:
+    """Hashes each block in a worker thread while the blob store writes it."""
+
+    def __init__(self, blob: IncomingBlob) -> None:
+        self.blob = blob
+        self.hash = hashlib.sha256()
+
+    async def write(self, block: memoryview) -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(anyio.to_thread.run_sync, self.hash.update, block)
+            await self.blob.write(block)
 
 
 async def receive_upload(
     chunks: AsyncIterator[bytes],
     content_type: str | None,
     *,
-    new_incoming: Callable[[], Awaitable[IncomingFile]],
+    new_incoming: Callable[[], Awaitable[IncomingBlob]],
     on_content: Callable[[bytes], Awaitable[None]],
     max_file_bytes: int,
     max_content_bytes: int,
@@ -51,7 +68,7 @@ async def receive_upload(
     named in ``fields`` (at most ``FIELD_BYTES``) is handed to its callback when it is complete, and
     ``on_part`` is awaited with each part's name as it begins (before a byte of the file is stored), so
     that the console can refuse a file that no valid CSRF token precedes. Other parts are ignored. On
-    any error the incoming file is discarded; on success the caller owns ``result.incoming``.
+    success or error, the blob ``new_incoming`` made is the caller's to complete or abort.
     """
     extra = dict(fields or {})
     mime, params = parse_options_header(content_type or "")
@@ -102,7 +119,8 @@ async def receive_upload(
     part: str | None = None
     content_buffer = bytearray()
     field_buffer = bytearray()
-    writer: BlockWriter | None = None
+    writer: AsyncBlockWriter | None = None
+    sink: _HashingSink | None = None
     seen: set[str] = set()
     try:
         async for chunk in chunks:
@@ -119,9 +137,9 @@ async def receive_upload(
                     if on_part is not None:
                         await on_part(part)
                     if part == "file":
-                        incoming = await new_incoming()
-                        result.incoming = incoming
-                        writer = BlockWriter(incoming.write, BLOCK_SIZE)
+                        result.incoming = await new_incoming()
+                        sink = _HashingSink(result.incoming)
+                        writer = AsyncBlockWriter(sink.write, BLOCK_SIZE)
                 elif kind == "data":
                     if part == "file" and writer is not None:
                         if writer.received + len(data) > max_file_bytes:
@@ -143,9 +161,9 @@ async def receive_upload(
                     if part == "content":
                         result.content_text = bytes(content_buffer)
                         await on_content(result.content_text)
-                    elif part == "file" and writer is not None:
+                    elif part == "file" and writer is not None and sink is not None:
                         await writer.flush()
-                        result.digest = await anyio.to_thread.run_sync(incoming.finish)
+                        result.digest = sink.hash.hexdigest()
                     elif part is not None and part in extra:
                         value = bytes(field_buffer)
                         field_buffer.clear()
@@ -161,9 +179,5 @@ async def receive_upload(
     except BaseException:
         if writer is not None:
             await writer.abandon()
-        if result.incoming is not None:
-            incoming = result.incoming
-            await anyio.to_thread.run_sync(incoming.discard)
-            result.incoming = None
         raise
     return result

@@ -1,45 +1,33 @@
-"""The server's file response."""
+"""The server's file response: an object of the blob store, streamed (whole or one range)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import AsyncIterator
-from typing import BinaryIO
 
-import anyio
-from starlette.responses import FileResponse
+from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["ObjectFileResponse"]
+from otakit.server.blobstore import BlobReader
+
+__all__ = ["BlobResponse"]
 
 
-class ObjectFileResponse(FileResponse):
-    """Starlette's FileResponse (Range, HEAD) over an already-open file, read in large chunks.
+class BlobResponse(StreamingResponse):
+    """Streams ``reader``'s chunks (already opened, so every store error came before the status line)
+    and closes it however the response ends: finished, failed, or the client gone."""
 
-    Opening the file in the route pins the object: a concurrent ``force`` upload that deletes it cannot
-    pull it away mid-response. 64 KiB reads (Starlette's default) were far slower than nginx here.
-    """
-
-    chunk_size = 1024 * 1024
-
-    def __init__(self, file: BinaryIO, *, etag: str, filename: str) -> None:
-        stat_result = os.fstat(file.fileno())
+    def __init__(self, reader: BlobReader, *, status_code: int, headers: dict[str, str]) -> None:
+        self._reader = reader
         super().__init__(
-            os.devnull,
-            headers={"etag": etag},
-            media_type="application/zip",
-            filename=filename,
-            stat_result=stat_result,
+            self._chunks(), status_code=status_code, headers=headers, media_type="application/zip"
         )
-        self._file = file
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self._reader:
+            yield chunk
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self._file.close()
-
-    @contextlib.asynccontextmanager
-    async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:
-        yield anyio.AsyncFile(self._file)
+            await self._reader.aclose()

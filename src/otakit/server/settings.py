@@ -35,7 +35,40 @@ class ServerSettings(BaseSettings):
     database_url: str = Field(
         "sqlite:///var/otakit.db", description="sqlite:///rel.db, sqlite:////abs.db or mysql://…"
     )
-    files_dir: Path = Field(Path("var/otafiles"), description="root of the file store")
+    files_dir: Path = Field(Path("var/otafiles"), description="root of the local file store")
+    files_url: str | None = Field(
+        None,
+        description=(
+            "the file store by URL: file:///abs/path (or file:rel/path) or s3://bucket/prefix;"
+            " wins over files_dir when both are set"
+        ),
+    )
+    s3_endpoint: str | None = Field(None, description="the S3 API's URL (unset: AWS)")
+    s3_region: str = Field("us-east-1", description="the S3 region")
+    s3_access_key: str | None = Field(None, description="the S3 access key (unset: botocore's own lookup)")
+    s3_secret_key: str | None = Field(None, description="the S3 secret key")
+    s3_public_endpoint: str | None = Field(
+        None, description="the S3 URL devices reach, that redirect links are signed for (unset: s3_endpoint)"
+    )
+    download_mode: Literal["proxy", "redirect"] = Field(
+        "proxy",
+        description=(
+            "proxy: the server streams package files; redirect: 307 to a short-lived presigned link of"
+            " the S3 object (the local store always streams)"
+        ),
+    )
+    download_url_seconds: int = Field(
+        300, ge=1, le=7 * 86400, description="how long a redirect's presigned link is valid (seconds)"
+    )
+    upload_lease_seconds: float = Field(
+        60.0,
+        ge=1,
+        le=3600,
+        description=(
+            "an upload in flight is taken over by recovery in another process when its server has not"
+            " renewed it for this long (a dead server on the same host is recovered at once)"
+        ),
+    )
     upload_tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="publisher tokens accepted by PUT /upload (comma-separated)"
     )
@@ -90,6 +123,13 @@ class ServerSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     log_level: str = "info"
+
+    @field_validator("files_url")
+    @classmethod
+    def _check_files_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("file:", "s3://")):
+            raise ValueError("files_url must be file:///path or s3://bucket/prefix")
+        return value
 
     @field_validator("upload_tokens", "admin_tokens", "enroll_tokens", "forwarded_allow_ips", mode="before")
     @classmethod

@@ -19,7 +19,10 @@ import abc
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from otakit.server.blobstore.layout import LocalLayout
 
 __all__ = [
     "BlobRange",
@@ -108,6 +111,11 @@ class IncomingBlob(abc.ABC):
         self._state: Literal["open", "failed", "completing", "complete", "aborting", "aborted"] = "open"
         self._tried_complete = False
 
+    @property
+    def completed(self) -> bool:
+        """Whether ``complete()`` returned: the object exists, and only deleting it removes it."""
+        return self._state == "complete"
+
     def _check_open(self) -> None:
         if self._state != "open":
             raise RuntimeError(f"upload of {self.object_id} is {self._state}; only abort() is left")
@@ -163,6 +171,9 @@ class IncomingBlob(abc.ABC):
 
 class BlobStore(abc.ABC):
     """Immutable objects named by upload id."""
+
+    layout: LocalLayout | None = None
+    """The seed's ``<package>/<branch>/<file>.zip`` entries beside the objects, for nginx (local only)."""
 
     @abc.abstractmethod
     async def begin(self, object_id: str) -> IncomingBlob:

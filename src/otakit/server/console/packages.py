@@ -9,24 +9,28 @@ The rules are the JSON API's own: the upload form is streamed, verified and publ
 from __future__ import annotations
 
 import contextlib
-import io
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import quote
 
-import anyio.to_thread
 from fastapi import APIRouter, Form, Request
 from starlette.responses import Response
 
-from otakit.errors import ForbiddenError, NotFoundError, OtakitError, TooLargeError, ValidationError
+from otakit.errors import (
+    ForbiddenError,
+    NotFoundError,
+    OtakitError,
+    TooLargeError,
+    UnavailableError,
+    ValidationError,
+)
 from otakit.names import check_name
+from otakit.server.blobstore import BlobStore
 from otakit.server.console.auth import CSRF_HEADER, Operator, OperatorDep, check_csrf, check_origin
 from otakit.server.console.chart import version_chart
 from otakit.server.console.render import STREAMED, ConsoleRoute, Done, back_to, form_action, render
 from otakit.server.deps import State, app_state
-from otakit.server.filestore import FileStore
 from otakit.server.metrics import count_received
 from otakit.server.repository import VersionRow
 from otakit.server.repository.rollouts import RolloutRow
@@ -62,8 +66,8 @@ class PackageLine:
 
 @dataclass(frozen=True, slots=True)
 class VersionLine:
-    """One version on its package's page, with what its row does not hold: the stored file's size and
-    time (None when the store cannot tell) and its running or paused rollout."""
+    """One version on its package's page: its file's size and upload time (None when neither the row
+    nor the store can tell) and its running or paused rollout."""
 
     row: VersionRow
     size: int | None
@@ -143,6 +147,7 @@ async def upload(request: Request, who: OperatorDep) -> Response:
         content = await receive_version(
             state.repo,
             state.store,
+            state.inflight,
             state.settings,
             chunks,
             request.headers,
@@ -167,33 +172,28 @@ async def upload(request: Request, who: OperatorDep) -> Response:
 # -- one package --------------------------------------------------------------------------------------
 
 
-def _object_facts(store: FileStore, object_id: str) -> tuple[int | None, float | None]:
-    """The stored file's size and modification time (when its upload was published); blocking."""
+async def _size(store: BlobStore, row: VersionRow) -> int | None:
+    """The stored file's size: the row's, or (rows of earlier releases) the store's; None when missing."""
+    if row.size is not None:
+        return row.size
     try:
-        with store.open_object(object_id) as file:
-            try:
-                facts = os.fstat(file.fileno())
-            except (OSError, AttributeError, io.UnsupportedOperation):  # not a local file
-                return file.seek(0, io.SEEK_END), None
-            return facts.st_size, facts.st_mtime
-    except FileNotFoundError:
-        return None, None
+        return await store.size(row.object_id)
+    except (FileNotFoundError, UnavailableError):
+        return None
 
 
 async def _branches(state: State, package: str) -> dict[str, list[VersionLine]]:
     """The package's versions per branch (branches by name, versions highest first)."""
     rows = await state.repo.list_versions(package)
-    facts = await anyio.to_thread.run_sync(
-        lambda: [_object_facts(state.store, row.object_id) for row in rows]
-    )
+    sizes = [await _size(state.store, row) for row in rows]
     rollouts: dict[str, RolloutRow | None] = {}
     for branch in sorted({row.branch for row in rows}):
         rollouts[branch] = await state.repo.rollouts.active(package, branch)
     branches: dict[str, list[VersionLine]] = {branch: [] for branch in rollouts}
-    for row, (size, uploaded) in zip(rows, facts, strict=True):
+    for row, size in zip(rows, sizes, strict=True):
         active = rollouts[row.branch]
         rollout = active if active is not None and active.version_key == row.version_key else None
-        branches[row.branch].append(VersionLine(row, size, uploaded, rollout, download_url(row)))
+        branches[row.branch].append(VersionLine(row, size, row.uploaded, rollout, download_url(row)))
     return branches
 
 
@@ -230,7 +230,7 @@ async def _set_released(
 ) -> Response:
     async def operation() -> Done:
         state = app_state(request)
-        await set_released(state.repo, state.store, package, branch, version, released)
+        await set_released(state.repo, package, branch, version, released)
         return Done(f"{'Released' if released else 'Held'} {_what(package, branch, version)}")
 
     return await form_action(request, who, csrf, package_url(package), operation)
@@ -264,7 +264,7 @@ async def delete(
         if not confirm:
             raise ValidationError(f"tick the box to confirm deleting {_what(package, branch, version)}")
         state = app_state(request)
-        await delete_version(state.repo, state.store, package, branch, version)
+        await delete_version(state.repo, state.store, state.inflight, package, branch, version)
         left = await state.repo.list_versions(package)  # the last one gone: back to the list
         return Done(f"Deleted {_what(package, branch, version)}", None if left else LIST_URL)
 

@@ -10,6 +10,7 @@ from otakit.server.db.migrations import upgrade
 from otakit.server.repository.changes import Changes
 from otakit.server.repository.devices import Devices
 from otakit.server.repository.rollouts import Rollouts
+from otakit.server.repository.uploads import Uploads
 from otakit.server.repository.users import Users
 from otakit.server.repository.versions import Claim, VersionKey, VersionRow, Versions
 
@@ -30,6 +31,7 @@ class Repository:
         self.rollouts = Rollouts(driver)
         self.users = Users(driver)
         self.changes = Changes(driver)
+        self.uploads = Uploads(driver)
 
     def __repr__(self) -> str:
         return f"Repository({self.driver!r})"

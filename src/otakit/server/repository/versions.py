@@ -10,7 +10,7 @@ from typing import Any
 
 from otakit.errors import ConflictError
 from otakit.server.db import Driver, Lock, Transaction
-from otakit.server.db.columns import flag, integer, text
+from otakit.server.db.columns import flag, integer, number, text
 
 __all__ = ["Claim", "PackageSummary", "VersionKey", "VersionRow", "Versions"]
 
@@ -45,6 +45,10 @@ class VersionRow:
     object_id: str
     released: bool = True
     """Offered to devices by ``latest``; a held version (False) is stored and listed only."""
+    size: int | None = None
+    """The file's length in bytes (``None`` on rows stored before it was recorded)."""
+    uploaded: float | None = None
+    """When the file was uploaded, Unix seconds (``None`` on rows stored before it was recorded)."""
 
     @property
     def key(self) -> VersionKey:
@@ -60,13 +64,13 @@ class VersionRow:
         return str(self.content_json["sha256"]).lower()
 
 
-_COLUMNS = "name, branch, version, version_key, content, object_id, released"
+_COLUMNS = "name, branch, version, version_key, content, object_id, released, size, uploaded"
 _SELECT = f"SELECT {_COLUMNS} FROM ota"
 _BY_KEY = f"{_SELECT} WHERE name = ? AND branch = ? AND version_key = ?"
 # One step down the index (name, branch, released, version_key), backwards. ``released = 1`` is a
 # literal, not a parameter, so that both databases plan it as an equality on the index's third column.
 _LATEST = f"{_SELECT} WHERE name = ? AND branch = ? AND released = 1 ORDER BY version_key DESC LIMIT 1"
-_INSERT = f"INSERT INTO ota ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT = f"INSERT INTO ota ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # list_versions, by which of its optional filters (branch, version_key) are given.
 _LIST = {
     (with_branch, with_key): f"{_SELECT} WHERE name = ?"
@@ -80,7 +84,9 @@ _LIST = {
 
 def _row(values: Sequence[object]) -> VersionRow:
     name, branch, version, version_key, content, object_id = map(text, values[:6])
-    return VersionRow(name, branch, version, version_key, content, object_id, flag(values[6]))
+    size = None if values[7] is None else integer(values[7])
+    uploaded = None if values[8] is None else number(values[8])
+    return VersionRow(name, branch, version, version_key, content, object_id, flag(values[6]), size, uploaded)
 
 
 class Claim:
@@ -98,6 +104,11 @@ class Claim:
         self._set_released = set_released
         self.key = key
         self.existing = existing
+
+    @property
+    def transaction(self) -> Transaction:
+        """The claim's transaction, for other aggregates' writes that must commit with it."""
+        return self._tx
 
     async def put(self, row: VersionRow) -> None:
         """Insert the row, or replace ``existing`` with it. The row must be under the claimed key.
@@ -119,6 +130,8 @@ class Claim:
                         row.content,
                         row.object_id,
                         int(row.released),
+                        row.size,
+                        row.uploaded,
                     ),
                 )
             else:
@@ -129,6 +142,8 @@ class Claim:
                         row.content,
                         row.object_id,
                         int(row.released),
+                        row.size,
+                        row.uploaded,
                         row.name,
                         row.branch,
                         row.version_key,
@@ -164,7 +179,8 @@ class Versions:
     def __init__(self, driver: Driver) -> None:
         self._driver = driver
         self._update = (
-            f"UPDATE ota SET version = ?, content = ?, object_id = ?, released = ?, updated_at = {driver.now}"
+            "UPDATE ota SET version = ?, content = ?, object_id = ?, released = ?, size = ?, uploaded = ?,"
+            f" updated_at = {driver.now}"
             " WHERE name = ? AND branch = ? AND version_key = ?"
         )
         self._set_released = (

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import anyio.to_thread
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from otakit.errors import UnavailableError
 from otakit.server.deps import RepoDep, StoreDep
 from otakit.web import answer
 
@@ -21,8 +19,5 @@ async def test() -> Response:
 @router.get("/healthz", summary="Database and file store reachable (else 503)")
 async def healthz(repo: RepoDep, store: StoreDep) -> Response:
     await repo.ping()
-    try:
-        await anyio.to_thread.run_sync(store.ping)
-    except OSError as exc:
-        raise UnavailableError(f"the file store is unavailable: {exc}") from exc
+    await store.ping()
     return answer(200)

@@ -2,7 +2,7 @@
 
 ``POST /api/v1/versions/{package}/{branch}/{version}/release`` offers a stored version to every device
 now; ``…/hold`` stops offering it (devices that have it keep it). Either ends every process's cached
-``/latestVersion`` answers exactly as an upload's commit does, by changing the file store's stamp.
+``/latestVersion`` answers exactly as an upload's commit does, by bumping the database's change counter.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from fastapi.responses import Response
 from otakit.errors import ConflictError, NotFoundError
 from otakit.names import check_name
 from otakit.protocol import VERSIONS, Done
-from otakit.server.deps import AdminDep, RepoDep, StoreDep
-from otakit.server.filestore import FileStore
+from otakit.server.blobstore import BlobStore
+from otakit.server.deps import AdminDep, InFlightDep, RepoDep, StoreDep
+from otakit.server.inflight import InFlight
 from otakit.server.publish import unpublish
 from otakit.server.repository import Repository, VersionKey
 from otakit.server.repository.rollouts import RolloutRow
@@ -46,9 +47,7 @@ def _under_rollout(rollout: RolloutRow, version: str, verb: str) -> ConflictErro
     )
 
 
-async def set_released(
-    repo: Repository, store: FileStore, package: str, branch: str, version: str, released: bool
-) -> None:
+async def set_released(repo: Repository, package: str, branch: str, version: str, released: bool) -> None:
     """Release (offer to everyone) or hold a stored version: the admin API's and the console's rule.
 
     ``NotFoundError`` without such a version; ``ConflictError`` to hold one under a running or paused
@@ -68,7 +67,9 @@ async def set_released(
     await repo.changes.bump()
 
 
-async def delete_version(repo: Repository, store: FileStore, package: str, branch: str, version: str) -> None:
+async def delete_version(
+    repo: Repository, store: BlobStore, inflight: InFlight, package: str, branch: str, version: str
+) -> None:
     """Remove a version's row and file together, crash-safe; the admin API's and the console's rule.
 
     ``NotFoundError`` without such a version; ``ConflictError`` under a running or paused rollout."""
@@ -78,7 +79,7 @@ async def delete_version(repo: Repository, store: FileStore, package: str, branc
     rollout = await repo.rollouts.of_version(package, branch, key.version_key)
     if rollout is not None:
         raise _under_rollout(rollout, version, "delete")
-    if not await unpublish(repo, store, key):
+    if not await unpublish(repo, store, inflight, key):
         raise NotFoundError(f"no version {version} of {package} on branch {branch}")
 
 
@@ -87,10 +88,8 @@ async def delete_version(repo: Repository, store: FileStore, package: str, branc
     summary="Offer a stored version to every device now",
     responses=_RESPONSES,
 )
-async def release(
-    package: str, branch: str, version: str, repo: RepoDep, store: StoreDep, admin: AdminDep
-) -> Response:
-    await set_released(repo, store, package, branch, version, True)
+async def release(package: str, branch: str, version: str, repo: RepoDep, admin: AdminDep) -> Response:
+    await set_released(repo, package, branch, version, True)
     return answer(200)
 
 
@@ -99,10 +98,8 @@ async def release(
     summary="Stop offering a version (devices that have it keep it)",
     responses=_RESPONSES,
 )
-async def hold(
-    package: str, branch: str, version: str, repo: RepoDep, store: StoreDep, admin: AdminDep
-) -> Response:
-    await set_released(repo, store, package, branch, version, False)
+async def hold(package: str, branch: str, version: str, repo: RepoDep, admin: AdminDep) -> Response:
+    await set_released(repo, package, branch, version, False)
     return answer(200)
 
 
@@ -112,7 +109,13 @@ async def hold(
     responses=_RESPONSES,
 )
 async def delete(
-    package: str, branch: str, version: str, repo: RepoDep, store: StoreDep, admin: AdminDep
+    package: str,
+    branch: str,
+    version: str,
+    repo: RepoDep,
+    store: StoreDep,
+    inflight: InFlightDep,
+    admin: AdminDep,
 ) -> Response:
-    await delete_version(repo, store, package, branch, version)
+    await delete_version(repo, store, inflight, package, branch, version)
     return answer(200)

@@ -11,17 +11,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated
 
-import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.datastructures import Headers
 
 from otakit.content import Content, parse_content
 from otakit.errors import TooLargeError, ValidationError
-from otakit.server.deps import PublisherDep, RepoDep, SettingsDep, StoreDep
-from otakit.server.filestore import FileStore, IncomingFile
+from otakit.server.blobstore import BlobStore, IncomingBlob
+from otakit.server.deps import InFlightDep, PublisherDep, RepoDep, SettingsDep, StoreDep
+from otakit.server.inflight import InFlight
 from otakit.server.metrics import count_received
-from otakit.server.publish import publish, version_exists
+from otakit.server.publish import discard, publish, version_exists
 from otakit.server.receive import receive_upload
 from otakit.server.repository import Repository, VersionKey
 from otakit.server.settings import ServerSettings
@@ -76,7 +76,8 @@ class UploadOptions:
 
 async def receive_version(
     repo: Repository,
-    store: FileStore,
+    store: BlobStore,
+    inflight: InFlight,
     settings: ServerSettings,
     chunks: AsyncIterator[bytes],
     headers: Headers,
@@ -94,38 +95,43 @@ async def receive_version(
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise TooLargeError(f"the upload is larger than the limit of {settings.max_upload_bytes} bytes")
 
-    file_started = False
+    incoming: IncomingBlob | None = None
     checked: Content | None = None
 
-    async def new_incoming() -> IncomingFile:
-        nonlocal file_started
-        file_started = True
-        return await anyio.to_thread.run_sync(store.incoming)
+    async def new_incoming() -> IncomingBlob:
+        nonlocal incoming
+        upload_id = await inflight.begin()  # recorded before a byte is stored
+        try:
+            incoming = await store.begin(upload_id)
+        except BaseException:
+            await inflight.end(upload_id)
+            raise
+        return incoming
 
     async def on_content(text: bytes) -> None:
         nonlocal checked
         checked = parse_content(text)
-        if not file_started and not options.force:
+        if incoming is None and not options.force:
             # content came first: refuse a duplicate before reading a byte of the file.
             key = VersionKey(checked.package, checked.branch, checked.version_key)
             row = await repo.get(key)
-            if row is not None or await anyio.to_thread.run_sync(
-                store.layout_exists, checked.package, checked.branch, checked.version
+            layout = store.layout
+            if row is not None or (
+                layout is not None and await layout.exists(checked.package, checked.branch, checked.version)
             ):
                 raise version_exists(checked, row)
 
-    received = await receive_upload(
-        chunks,
-        headers.get("content-type"),
-        new_incoming=new_incoming,
-        on_content=on_content,
-        max_file_bytes=settings.max_upload_bytes,
-        max_content_bytes=settings.max_content_bytes,
-        fields=fields,
-        on_part=on_part,
-    )
-    incoming = received.incoming
     try:
+        received = await receive_upload(
+            chunks,
+            headers.get("content-type"),
+            new_incoming=new_incoming,
+            on_content=on_content,
+            max_file_bytes=settings.max_upload_bytes,
+            max_content_bytes=settings.max_content_bytes,
+            fields=fields,
+            on_part=on_part,
+        )
         if received.content_text is None or checked is None:
             raise ValidationError("the 'content' part (content.json) is missing")
         if incoming is None or received.digest is None:
@@ -134,18 +140,20 @@ async def receive_version(
             raise ValidationError(
                 f"sha256 mismatch: content.json says {checked.sha256.lower()}, the file is {received.digest}"
             )
-        await publish(
-            repo,
-            store,
-            checked,
-            incoming,
-            _canonical_text(checked),
-            force=options.force,
-            released=not options.hold,
-        )
-    finally:
+    except BaseException:
         if incoming is not None:
-            await anyio.to_thread.run_sync(incoming.discard)
+            await discard(store, inflight, incoming)
+        raise
+    await publish(
+        repo,
+        store,
+        inflight,
+        checked,
+        incoming,
+        _canonical_text(checked),
+        force=options.force,
+        released=not options.hold,
+    )
     return checked
 
 
@@ -154,6 +162,7 @@ async def upload(
     request: Request,
     repo: RepoDep,
     store: StoreDep,
+    inflight: InFlightDep,
     settings: SettingsDep,
     publisher: PublisherDep,
     force: Annotated[str | None, Query(description="1 = replace an existing version", max_length=10)] = None,
@@ -165,5 +174,5 @@ async def upload(
 ) -> Response:
     options = UploadOptions(force=truthy(force) or truthy(overwrite), hold=truthy(hold))
     chunks = count_received(request.scope, request.stream())  # otakit_upload_bytes_total, as it streams
-    await receive_version(repo, store, settings, chunks, request.headers, options)
+    await receive_version(repo, store, inflight, settings, chunks, request.headers, options)
     return answer(200)
