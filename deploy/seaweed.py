@@ -8,6 +8,7 @@ gateway requires one access key and secret (``-s3.config``). ``weed_command`` is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -144,7 +145,8 @@ def wait_until_ready(access: S3Access, deadline: float, alive: Callable[[], None
             alive()
             try:
                 if not created:
-                    client.create_bucket(Bucket=access.bucket)
+                    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):  # an earlier run's
+                        client.create_bucket(Bucket=access.bucket)
                     created = True
                 client.put_object(Bucket=access.bucket, Key="ready-probe", Body=b"ready")
                 client.delete_object(Bucket=access.bucket, Key="ready-probe")

@@ -1,7 +1,8 @@
 """``make cluster`` end to end: deploy/cluster/run.py --check starts two servers on one MariaDB database
-and one files folder behind a real nginx, uploads through it, checks that every server sees the new
-version, that the file downloads the same through nginx and from a server and that a race of two
-uploads gives one 200 and one 409, then stops every process it started."""
+and one store (a real SeaweedFS S3 server, streamed or redirected, or one local files folder) behind a
+real nginx, uploads through it, checks that every server sees the new version, that the file downloads
+the same through nginx and from a server, that a race of two uploads gives one 200 and one 409 and
+(S3) that the bucket holds exactly the rows' objects, then stops every process it started."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from tests.databases import MySQLServer, reachable_mysql
+from tests.s3_server import weed_or_skip
 from tests.servers import free_port
 
 RUN = Path(__file__).resolve().parent.parent / "deploy" / "cluster" / "run.py"
@@ -42,8 +44,19 @@ def _free(port: int) -> bool:
         return True
 
 
+SETUPS = {
+    "s3-proxy": ([], "streamed by the servers from SeaweedFS"),
+    "s3-redirect": (["--download-mode", "redirect"], "through a 307 to a presigned SeaweedFS link"),
+    "local": (["--store", "local"], "(from the folder, sendfile)"),
+}
+
+
 @pytest.mark.mysql
-def test_the_cluster_check_passes_behind_nginx_and_stops_everything(tmp_path: Path) -> None:
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_the_cluster_check_passes_behind_nginx_and_stops_everything(tmp_path: Path, setup: str) -> None:
+    options, served = SETUPS[setup]
+    if setup != "local":
+        weed_or_skip()
     if not NGINX.exists():
         if os.environ.get("CI"):
             pytest.fail(f"{NGINX} is missing (install Debian's nginx-light package)")
@@ -51,7 +64,7 @@ def test_the_cluster_check_passes_behind_nginx_and_stops_everything(tmp_path: Pa
     database = MySQLServer(reachable_mysql(), f"otakit_cluster_test_{secrets.token_hex(6)}")
     server_url = urlsplit(database.admin_url)._replace(path="").geturl()  # the server, no database
     port = free_ports(2)
-    args = ["--check", "--servers", "2", "--port", str(port), "--dir", str(tmp_path / "cluster")]
+    args = ["--check", "--servers", "2", "--port", str(port), "--dir", str(tmp_path / "cluster"), *options]
     try:
         done = subprocess.run(
             [sys.executable, str(RUN), *args, "--mysql-url", server_url, "--database", database.database],
@@ -68,8 +81,14 @@ def test_the_cluster_check_passes_behind_nginx_and_stops_everything(tmp_path: Pa
         r"uploaded cluster-app 1\.1\.0 through nginx; every server \(2\) answered it within [01]\.\d\d s",
         output,
     ), output
-    assert "byte-identical through nginx (from the folder, sendfile) and from server 2" in output, output
-    assert "nginx denies the files folder's dot-folders (403)" in output, output
+    assert "byte-identical through nginx" in output, output
+    assert served in output, output
+    if setup == "local":
+        assert "nginx denies the files folder's dot-folders (403)" in output, output
+    else:
+        assert re.search(r"the bucket holds exactly the 3 rows' objects and no unfinished upload", output), (
+            output
+        )
     assert "two simultaneous uploads of cluster-app 1.2.0 through nginx: one 200, one 409" in output, output
     assert re.search(rf"uploads answered per server: {port + 1}: \d+, {port + 2}: \d+", output), output
     assert "all checks passed" in output, output

