@@ -32,6 +32,7 @@ import sys
 import time
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -70,12 +71,14 @@ def drop_database(mysql_url: str, name: str) -> None:
         cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
 
 
-def start_nginx(children: Children, folder: Path, port: int, server_ports: list[int]) -> None:
+def start_nginx(
+    children: Children, folder: Path, port: int, server_ports: list[int], *, local_files: bool
+) -> None:
     """A second nginx, deploy/cluster/run.py's config with ``server_ports`` in its upstream."""
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (folder / "nginx-temp" / sub).mkdir(parents=True, exist_ok=True)
     config = folder / "nginx.conf"
-    config.write_text(cluster_run.nginx_config(folder, port, server_ports))
+    config.write_text(cluster_run.nginx_config(folder, port, server_ports, local_files=local_files))
     children.start(
         f"nginx (port {port})",
         [cluster_run.NGINX, "-p", f"{folder}/", "-c", str(config)],
@@ -120,6 +123,9 @@ def main() -> int:
         "--port", type=int, default=8300, help="2-server nginx; servers on the next 2, 1-server nginx after"
     )
     add_mysql_option(parser)
+    parser.add_argument(
+        "--store", choices=("s3", "local"), default="s3", help="the cluster's store (make cluster's)"
+    )
     args = parser.parse_args()
 
     database = f"otakit_bench_{secrets.token_hex(4)}"
@@ -127,19 +133,27 @@ def main() -> int:
     rows: list[list[object]] = []
     spreads: list[float] = []
     shares: list[str] = []
+    clusters: list[Any] = []  # cluster_run.Cluster, loaded from its file
 
     def steps() -> None:
         folder = work / "cluster"
         folder.mkdir()
-        cluster = cluster_run.Cluster(children, folder, args.port, 2, args.mysql_url, database)
+        cluster = cluster_run.Cluster(
+            children, folder, args.port, 2, args.mysql_url, database, store=args.store
+        )
+        clusters.append(cluster)
         one_port = args.port + 3
         busy = [p for p in [args.port, *cluster.server_ports, one_port] if not port_is_free(p)]
         if busy:
             raise StepError(f"ports {busy} in use on 127.0.0.1; pass another --port")
         cluster.create_database()
+        if args.store == "s3":
+            cluster.start_seaweedfs()
         cluster.start_servers()
         cluster.start_nginx()
-        start_nginx(children, work / "nginx-1", one_port, cluster.server_ports[:1])
+        start_nginx(
+            children, work / "nginx-1", one_port, cluster.server_ports[:1], local_files=args.store == "local"
+        )
         path = f"/latestVersion?package={cluster_run.PACKAGE}&branch={cluster_run.BRANCH}"
         urls = {SIDES[0]: f"http://127.0.0.1:{one_port}{path}", SIDES[1]: cluster.url + path}
         with httpx.Client(timeout=30) as client:
@@ -178,9 +192,13 @@ def main() -> int:
 
     with temp_dir("otakit-bench-cluster-") as work:
         try:
-            code = run("cluster_latest", children, steps, stopping="stopping nginx and the servers")
+            code = run(
+                "cluster_latest", children, steps, stopping="stopping nginx, the servers and SeaweedFS"
+            )
         finally:
             drop_database(args.mysql_url, database)
+            for cluster in clusters:
+                cluster.remove_weed_sockets()
     if code or not spreads:
         return code or 1
 
