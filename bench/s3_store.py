@@ -8,8 +8,8 @@ shares the S3 server's database and bucket.
 
 1. **Upload**: ``curl -X PUT -F … $NGINX/upload?force=1`` of one ``--size-mb`` random file, to ``s3`` and
    to ``local`` alternated round by round (the order flips each round); the median ratio s3/local of
-   MB/s (goal >= 0.7), each server's CPU seconds per GiB (weed's apart) and the S3 server's peak RSS
-   (VmHWM, goal < 200 MB). Then ``--concurrent`` uploads at once of ``size/concurrent`` each, both sides.
+   MB/s (goal >= 0.7), and against the store's own limit (``curl -T`` straight to SeaweedFS, signed), each
+   server's CPU seconds per GiB (weed's apart) and the S3 server's peak RSS (VmHWM, goal < 200 MB). Then ``--concurrent`` uploads at once of ``size/concurrent`` each, both sides.
 2. **Downloads**: ``--clients`` curl processes at once, each fetching the ``--file-mb`` file in two
    ranges (``-r 0-H`` then the rest, as a resumed download does, ``-L`` to follow redirects): nginx from
    the local folder (the baseline), the s3 server streaming (``proxy``), the redirect server (307 to
@@ -141,6 +141,20 @@ def curl_upload(url: str, content: Path, path: Path) -> float:
     return time.perf_counter() - started
 
 
+def store_put(s3: S3Access, path: Path) -> float:
+    """The store's own limit: ``curl -T`` of the file straight to SeaweedFS (one signed PUT)."""
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            *("curl", "-sS", "-f", "-o", "/dev/null", "-T", str(path)),
+            *("--aws-sigv4", f"aws:amz:{s3.region}:s3", "--user", f"{s3.access_key}:{s3.secret_key}"),
+            f"{s3.endpoint}/{s3.bucket}/limit-probe",
+        ],
+        check=True,
+    )
+    return time.perf_counter() - started
+
+
 def concurrent_uploads(url: str, files: list[tuple[Path, Path]]) -> float:
     started = time.perf_counter()
     running = [
@@ -232,14 +246,20 @@ def main() -> int:
         for side in SIDES:  # warm-up, untimed
             drop_cache(big)
             curl_upload(nginx[side][0], content, big)
+        drop_cache(big)
+        store_put(s3, big)
+        sides = [*SIDES, "store limit"]
         for n in range(args.rounds):
-            order = list(SIDES) if n % 2 == 0 else list(reversed(SIDES))
+            order = sides if n % 2 == 0 else list(reversed(sides))
             seconds: dict[str, float] = {}
             cpu: dict[str, float] = {}
             weed_cpu = 0.0
             for side in order:
                 os.sync()
                 drop_cache(big)
+                if side == "store limit":
+                    seconds[side] = store_put(s3, big)
+                    continue
                 pid = servers[side][1]
                 before, weed_before = process_cpu_s(pid), process_cpu_s(weed_pid)
                 seconds[side] = curl_upload(nginx[side][0], content, big)
@@ -247,20 +267,25 @@ def main() -> int:
                 if side == "s3":
                     weed_cpu = process_cpu_s(weed_pid) - weed_before
             gib = size / 1024**3
-            local_mbs, s3_mbs = size / seconds["local"] / 1e6, size / seconds["s3"] / 1e6
+            mbs = {side: size / seconds[side] / 1e6 for side in sides}
             upload_rows.append(
                 [
                     n + 1,
                     " then ".join(order),
-                    local_mbs,
-                    s3_mbs,
-                    s3_mbs / local_mbs,
+                    mbs["local"],
+                    mbs["s3"],
+                    mbs["store limit"],
+                    mbs["s3"] / mbs["local"],
+                    mbs["s3"] / mbs["store limit"],
                     cpu["local"] / gib,
                     cpu["s3"] / gib,
                     weed_cpu / gib,
                 ]
             )
-            say(f"  round {n + 1}: local {local_mbs:.0f} MB/s, s3 {s3_mbs:.0f} MB/s")
+            say(
+                f"  round {n + 1}: local {mbs['local']:.0f} MB/s, s3 {mbs['s3']:.0f} MB/s,"
+                f" curl straight to SeaweedFS {mbs['store limit']:.0f} MB/s"
+            )
         rss["s3"] = peak_rss_mb(servers["s3"][1])[0]
         rss["local"] = peak_rss_mb(servers["local"][1])[0]
 
@@ -334,15 +359,21 @@ def main() -> int:
             "order",
             "local MB/s",
             "s3 MB/s",
+            "weed PUT MB/s",
             "s3/local",
+            "s3/weed PUT",
             "local CPU s/GiB",
             "s3 CPU s/GiB",
             "weed CPU s/GiB",
         ],
         upload_rows,
     )
-    ratio = median([float(row[4]) for row in upload_rows])  # type: ignore[arg-type]
+    ratio = median([float(row[5]) for row in upload_rows])  # type: ignore[arg-type]
+    limit = median([float(row[6]) for row in upload_rows])  # type: ignore[arg-type]
     print(f"\nupload s3/local: median {ratio:.3f}: {verdict(ratio, UPLOAD_GOAL)}")
+    print(
+        f"upload s3/(curl PUT straight to SeaweedFS): median {limit:.3f} (what otakit costs over the store)"
+    )
     print(
         f"server peak RSS (VmHWM): s3 {rss['s3']:.0f} MB, local {rss['local']:.0f} MB; s3 after the concurrent "
         f"uploads {rss['s3 (after concurrent)']:.0f} MB: {verdict(rss['s3 (after concurrent)'], RSS_GOAL_MB, False)}"

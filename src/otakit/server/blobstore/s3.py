@@ -1,8 +1,9 @@
 """The S3 blob store (aiobotocore): objects at ``<prefix>/objects/<object id>`` in one bucket.
 
-An upload is buffered into one reused part buffer (``part_size``, 8 MiB by default, at least S3's 5 MiB);
-each full buffer becomes a part of a multipart upload, begun when the first part is full, so memory stays
-at one part plus the caller's block. An upload smaller than one part is a single PutObject at
+An upload is buffered into part buffers (``part_size``, 8 MiB by default, at least S3's 5 MiB), reused;
+each full buffer becomes a part of a multipart upload, begun when the first part is full, and is sent
+while the next one fills, ``parts_in_flight`` (2) at most at once: memory stays at that many parts plus
+the one filling and the caller's block. An upload smaller than one part is a single PutObject at
 ``complete()``, and so never shows as unfinished. A multipart upload whose process died stays in
 ListMultipartUploads under its key, which is how ``unfinished()`` finds it.
 
@@ -112,11 +113,15 @@ class _S3Incoming(IncomingBlob):
         super().__init__(object_id)
         self._store = store
         self._key = store._key(object_id)
-        # The part being filled: allocated at the first byte and reused for every part. A BytesIO, because
-        # botocore and aiohttp send it in chunks as it is (raw bytes over 1 MiB block aiohttp's loop).
+        # The part being filled, and the free ones: a few buffers allocated as needed and reused for
+        # every part. BytesIO, because botocore and aiohttp send it in chunks as it is (raw bytes over
+        # 1 MiB block aiohttp's loop).
         self._buffer: io.BytesIO | None = None
         self._fill = 0
+        self._free: list[io.BytesIO] = []
+        self._sending: list[asyncio.Task[None]] = []  # parts in flight, oldest first
         self._upload_id: str | None = None
+        self._next_part = 1
         self._parts: list[CompletedPartTypeDef] = []
 
     async def _write(self, view: memoryview) -> None:
@@ -124,35 +129,45 @@ class _S3Incoming(IncomingBlob):
         offset = 0
         while offset < len(view):
             if self._buffer is None:
-                self._buffer = io.BytesIO()
+                self._buffer = self._free.pop() if self._free else io.BytesIO()
+                self._buffer.seek(0)
             take = min(len(view) - offset, part_size - self._fill)
             self._buffer.write(view[offset : offset + take])
             self._fill += take
             offset += take
             if self._fill == part_size:
-                await self._send_part()
+                await self._start_part()
 
-    async def _send_part(self) -> None:
-        """Send the buffer's ``_fill`` bytes as the next part (beginning the multipart upload)."""
+    async def _start_part(self) -> None:
+        """Send the filled buffer as the next part (beginning the multipart upload), in the background;
+        wait for the oldest part when ``parts_in_flight`` are on their way."""
         assert self._buffer is not None
-        self._buffer.truncate(self._fill)  # the last part may be shorter than the ones before
-        self._buffer.seek(0)
+        buffer, size = self._buffer, self._fill
+        self._buffer, self._fill = None, 0
         client = await self._store._client()
-        with self._store._errors("store an upload's part"):
-            if self._upload_id is None:
+        if self._upload_id is None:
+            with self._store._errors("begin an upload"):
                 begun = await client.create_multipart_upload(Bucket=self._store.bucket, Key=self._key)
-                self._upload_id = begun["UploadId"]
-            number = len(self._parts) + 1
+            self._upload_id = begun["UploadId"]
+        number, self._next_part = self._next_part, self._next_part + 1
+        self._sending.append(asyncio.create_task(self._send(client, buffer, size, number)))
+        if len(self._sending) >= self._store.parts_in_flight:
+            await self._sending.pop(0)  # a part's failure comes out here
+
+    async def _send(self, client: S3Client, buffer: io.BytesIO, size: int, number: int) -> None:
+        assert self._upload_id is not None
+        buffer.truncate(size)  # the last part may be shorter than the ones before
+        buffer.seek(0)
+        with self._store._errors("store an upload's part"):
             sent = await client.upload_part(
                 Bucket=self._store.bucket,
                 Key=self._key,
                 UploadId=self._upload_id,
                 PartNumber=number,
-                Body=self._buffer,
+                Body=buffer,
             )
         self._parts.append({"ETag": sent["ETag"], "PartNumber": number})
-        self._buffer.seek(0)  # the next part overwrites this one in place
-        self._fill = 0
+        self._free.append(buffer)  # the next part overwrites it in place
 
     async def _complete(self) -> None:
         client = await self._store._client()
@@ -166,18 +181,28 @@ class _S3Incoming(IncomingBlob):
                 await client.put_object(Bucket=self._store.bucket, Key=self._key, Body=body)
         else:
             if self._fill:
-                await self._send_part()
+                await self._start_part()
+            while self._sending:
+                await self._sending.pop(0)
             with self._store._errors("complete an upload"):
                 await client.complete_multipart_upload(
                     Bucket=self._store.bucket,
                     Key=self._key,
                     UploadId=self._upload_id,
-                    MultipartUpload={"Parts": self._parts},
+                    MultipartUpload={"Parts": sorted(self._parts, key=lambda part: part["PartNumber"])},
                 )
         self._buffer = None
+        self._free.clear()
 
     async def _abort(self, *, object_may_exist: bool) -> None:
+        for task in self._sending:
+            task.cancel()
+        for task in self._sending:
+            with contextlib.suppress(BaseException):
+                await task
+        self._sending.clear()
         self._buffer = None
+        self._free.clear()
         client = await self._store._client()
         if self._upload_id is not None:
             with contextlib.suppress(_NoSuchUpload), self._store._errors("abort an upload", no_upload=True):
@@ -204,6 +229,7 @@ class S3BlobStore(BlobStore):
         public_endpoint: str | None = None,
         part_size: int = DEFAULT_PART_SIZE,
         *,
+        parts_in_flight: int = 2,
         max_attempts: int = 3,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 60.0,
@@ -217,6 +243,7 @@ class S3BlobStore(BlobStore):
         self.region = region
         self.public_endpoint = public_endpoint
         self.part_size = part_size
+        self.parts_in_flight = max(1, parts_in_flight)
         self._objects_prefix = f"{self.prefix}/objects/" if self.prefix else "objects/"
         self._access_key = access_key
         self._secret_key = secret_key
