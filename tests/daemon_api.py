@@ -26,6 +26,8 @@ JOB_KEYS = {
     "to_version",
     "progress",
     "error",
+    "downloaded",
+    "delta",
     "log",
 }
 FINISHED = ("succeeded", "failed", "rolled_back")

@@ -132,6 +132,8 @@ def test_info_packages_latest_and_jobs(device: Path, publisher: Publisher, pkg: 
             "to_version": "1.0",
             "progress": 100,
             "error": None,
+            "downloaded": first["downloaded"],
+            "delta": False,
             "log": first["log"],
         }
         assert first["log"]

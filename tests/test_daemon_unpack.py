@@ -4,7 +4,6 @@ import contextlib
 import io
 import os
 import stat
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -15,20 +14,9 @@ from hypothesis import strategies as st
 from otakit.daemon.unpack import inspect, unpack
 from otakit.errors import ValidationError, VerificationError
 from otakit.pack import pack
-from tests.samples import LEGACY
+from tests.samples import LEGACY, zip_with_modes
 
 _LINK = stat.S_IFLNK | 0o777
-
-
-def _zip(path: Path, entries: list[tuple[str, bytes, int]]) -> Path:
-    with warnings.catch_warnings(), zipfile.ZipFile(path, "w") as archive:
-        warnings.simplefilter("ignore")  # a name given twice is a case under test
-        for name, data, mode in entries:
-            info = zipfile.ZipInfo(name)
-            info.create_system = 3
-            info.external_attr = mode << 16
-            archive.writestr(info, data)
-    return path
 
 
 def test_unpacks_a_packed_folder_with_modes(tmp_path: Path) -> None:
@@ -76,7 +64,7 @@ def test_zip_slip_is_refused_before_anything_is_written(
     dest = tmp_path / "deep" / "dest"
     dest.parent.mkdir()
     with pytest.raises(ValidationError, match="unsafe"):
-        unpack(_zip(tmp_path / "evil.zip", entries), dest)
+        unpack(zip_with_modes(tmp_path / "evil.zip", entries), dest)
     assert not dest.exists()
     assert not (tmp_path / "evil.txt").exists()
     assert not (tmp_path / "deep" / "evil.txt").exists()
@@ -84,7 +72,7 @@ def test_zip_slip_is_refused_before_anything_is_written(
 
 
 def test_links_inside_the_tree_are_kept(tmp_path: Path) -> None:
-    archive = _zip(
+    archive = zip_with_modes(
         tmp_path / "l.zip", [("a/file", b"x", 0o100644), ("a/link", b"file", stat.S_IFLNK | 0o777)]
     )
     unpack(archive, tmp_path / "dest")
@@ -147,7 +135,7 @@ def test_no_zip_writes_or_points_outside_its_folder(
             rows.append((name + "/", b"", 0o40755))
         else:
             rows.append((name, target.encode(), _LINK))
-    archive = _zip(box / "p.zip", rows)
+    archive = zip_with_modes(box / "p.zip", rows)
     before = _outside(box, stage)
     with contextlib.suppress(ValidationError):
         unpack(archive, stage)
@@ -160,7 +148,9 @@ def test_no_zip_writes_or_points_outside_its_folder(
 
 
 def test_the_checks_read_no_file_data(tmp_path: Path) -> None:
-    archive = _zip(tmp_path / "big.zip", [("a.bin", b"\0" * (4 << 20), 0o100644), ("l", b"a.bin", _LINK)])
+    archive = zip_with_modes(
+        tmp_path / "big.zip", [("a.bin", b"\0" * (4 << 20), 0o100644), ("l", b"a.bin", _LINK)]
+    )
     listing = inspect(archive)
     assert (listing.files, listing.size) == (1, 4 << 20)
     assert [(entry.name, entry.kind) for entry in listing.entries] == [("a.bin", "file"), ("l", "symlink")]
@@ -168,7 +158,8 @@ def test_the_checks_read_no_file_data(tmp_path: Path) -> None:
 
 def test_encrypted_or_unknown_compression_is_refused_before_unpacking(tmp_path: Path) -> None:
     data = bytearray(
-        (tmp_path / "x").write_bytes(b"") or _zip(tmp_path / "ok.zip", [("f", b"x", 0o100644)]).read_bytes()
+        (tmp_path / "x").write_bytes(b"")
+        or zip_with_modes(tmp_path / "ok.zip", [("f", b"x", 0o100644)]).read_bytes()
     )
     # the general-purpose flag's bit 0 (encrypted), in the central directory entry
     central = data.rindex(b"PK\x01\x02")

@@ -14,7 +14,7 @@ from otakit.pack import collect, pack, parse_depends
 
 SEED_KEYS = [
     "package", "description", "updateInfo", "version", "branch", "local", "remote", "sha256",
-    "BeforeUpdate", "AfterUpdate", "dependencies",
+    "tree_sha256", "BeforeUpdate", "AfterUpdate", "dependencies",
 ]  # fmt: skip
 
 

@@ -4,6 +4,10 @@ Reproducible means the same files give the same bytes, whatever their timestamps
 the file system lists them: entries are sorted by path, every timestamp is 1980-01-01 00:00, files
 are stored 0644 or 0755 as their owner-executable bit says, folders 0755, compression is deflate level 6.
 
+content.json gets ``tree_sha256`` (see ``otakit.manifest``), computed from the files as they are
+written to the zip, so each file is read once; a path holding a newline is refused, as a manifest
+cannot list it.
+
 Rules for what goes in:
 - ``.otakitignore`` in the folder (gitignore syntax) and ``--exclude`` patterns leave paths out; the
   ``.otakitignore`` file itself and the pack's own outputs are never packed.
@@ -30,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from otakit.content import Content, parse_content
 from otakit.errors import ValidationError
 from otakit.fsutil import write_atomically
+from otakit.manifest import ManifestEntry, tree_sha256
 from otakit.names import check_name
 from otakit.signing import sign_content
 from otakit.versions import parse_specifier
@@ -42,7 +47,7 @@ _LEVEL = 6
 _CHUNK = 1024 * 1024
 _SEED_ORDER = (
     "package", "description", "updateInfo", "version", "branch", "local", "remote", "sha256",
-    "BeforeUpdate", "AfterUpdate", "dependencies",
+    "tree_sha256", "BeforeUpdate", "AfterUpdate", "dependencies",
 )  # fmt: skip
 
 
@@ -95,6 +100,8 @@ def _arcname(relative: str) -> str:
         relative.encode("utf-8")
     except UnicodeEncodeError:
         raise ValidationError(f"file name {relative!r} is not valid UTF-8") from None
+    if "\n" in relative:
+        raise ValidationError(f"file name {relative!r} contains a newline, which a tree manifest cannot list")
     if "\\" in relative:
         raise ValidationError(
             f"file name {relative!r} contains a backslash, which unzips differently on Windows"
@@ -180,8 +187,14 @@ class _HashingWriter:
         """The caller closes the underlying file."""
 
 
-def write_zip(entries: Sequence[PackEntry], out: IO[bytes]) -> tuple[str, int]:
-    """Write the reproducible zip of ``entries`` to ``out``; return its sha256 and size."""
+def write_zip(
+    entries: Sequence[PackEntry], out: IO[bytes], *, manifest: list[ManifestEntry] | None = None
+) -> tuple[str, int]:
+    """Write the reproducible zip of ``entries`` to ``out``; return its sha256 and size.
+
+    ``manifest``, when given, gets the tree manifest's entries appended in the zip's order, each file
+    hashed from the very bytes written to the zip.
+    """
     writer = _HashingWriter(out)
     with zipfile.ZipFile(writer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=_LEVEL) as archive:
         for entry in entries:
@@ -190,16 +203,25 @@ def write_zip(entries: Sequence[PackEntry], out: IO[bytes]) -> tuple[str, int]:
             if entry.source is None:
                 info.external_attr = (stat.S_IFDIR | 0o755) << 16 | 0x10
                 archive.writestr(info, b"")
+                if manifest is not None:
+                    manifest.append(ManifestEntry.folder(entry.name.removesuffix("/")))
                 continue
-            info.external_attr = (stat.S_IFREG | (0o755 if entry.executable else 0o644)) << 16
+            mode = 0o755 if entry.executable else 0o644
+            info.external_attr = (stat.S_IFREG | mode) << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             info.file_size = entry.size  # lets zipfile choose ZIP64 up front for large files
             with (
                 open(entry.source, "rb") as source,
                 archive.open(info, "w", force_zip64=entry.size > 2**31) as dest,
             ):
+                digest = hashlib.sha256()
+                size = 0
                 while chunk := source.read(_CHUNK):
                     dest.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+            if manifest is not None:
+                manifest.append(ManifestEntry.file(entry.name, mode, size, digest.hexdigest()))
     writer.flush()
     return writer.sha256.hexdigest(), writer.size
 
@@ -248,15 +270,17 @@ def pack(
     content_path = out_dir / "content.json"
     temp_zip = out_dir / f".{checked.file_name}.tmp"
     entries = collect(folder, excludes, skip=[zip_path, content_path, temp_zip])
+    manifest: list[ManifestEntry] = []
     try:
         with open(temp_zip, "wb") as out:
-            sha256, size = write_zip(entries, out)
+            sha256, size = write_zip(entries, out, manifest=manifest)
             out.flush()
             os.fsync(out.fileno())
         os.replace(temp_zip, zip_path)
     finally:
         temp_zip.unlink(missing_ok=True)
     draft["sha256"] = sha256
+    draft["tree_sha256"] = tree_sha256(manifest)
     final = _seed_ordered(draft)
     if signing_key is not None:
         final = sign_content(final, signing_key)

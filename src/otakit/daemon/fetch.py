@@ -205,12 +205,56 @@ class Fetcher:
         base = _base_url(remote if remote is not None else content.remote)
         segments = (content.package, content.branch, content.file_name)
         url = base + "/otafiles/" + "/".join(quote(segment, safe="") for segment in segments)
+        await self._fetch_file(url, content.sha256.lower(), "content.json", dest, progress)
+
+    async def download_delta(
+        self,
+        installed: Content,
+        target: Content,
+        dest: Path,
+        progress: Progress | None = None,
+        *,
+        remote: str,
+    ) -> int | None:
+        """Download the delta from ``installed``'s version to ``target``'s into ``dest``: its size, or
+        ``None`` when the server has none (404: take the zip). Asked with HEAD first (the server makes
+        it then, once, and names its sha256 as ETag), then fetched, resumed and verified like a zip.
+        The delta's bytes are only checked against the server's word here: what makes them safe to use
+        is the tree check against the signed ``tree_sha256`` once they are applied."""
+        segments = (target.package, target.branch, installed.version, target.version)
+        url = _base_url(remote) + "/otadelta/" + "/".join(quote(segment, safe="") for segment in segments)
+
+        async def ask() -> str | None:
+            try:
+                response = await self._http.head(url, follow_redirects=False)
+            except httpx.HTTPError as exc:
+                raise _Retry(_describe(exc)) from None
+            if response.status_code == 404:
+                return None
+            if response.status_code >= 500:
+                raise _Retry(f"the server answered HTTP {response.status_code}")
+            etag = str(response.headers.get("etag", "")).strip('"')
+            if response.status_code not in (200, 307) or not re.fullmatch(r"[0-9a-f]{64}", etag):
+                raise DownloadError(
+                    f"cannot download {url}: HTTP {response.status_code} without a delta's ETag"
+                )
+            return etag
+
+        sha256 = await self._with_retries(f"cannot ask for {url}", ask)
+        if sha256 is None:
+            return None
+        await self._fetch_file(url, sha256, "the server's ETag", dest, progress)
+        return dest.stat().st_size
+
+    async def _fetch_file(
+        self, url: str, sha256: str, says: str, dest: Path, progress: Progress | None
+    ) -> None:
         try:
             sink = await anyio.to_thread.run_sync(_Sink, dest)
         except OSError as exc:
             raise OtakitError(f"cannot write {dest}: {exc.strerror or exc}") from None
         try:
-            await self._download(url, content, sink, progress)
+            await self._download(url, sha256, says, sink, progress)
         except (TooLargeError, VerificationError):
             await anyio.to_thread.run_sync(sink.discard)
             raise
@@ -220,25 +264,27 @@ class Fetcher:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(sink.close)
 
-    async def _download(self, url: str, content: Content, sink: _Sink, progress: Progress | None) -> None:
+    async def _download(
+        self, url: str, sha256: str, says: str, sink: _Sink, progress: Progress | None
+    ) -> None:
         while True:
             await self._with_retries(
-                f"cannot download {url}", lambda: self._transfer(url, content, sink, progress)
+                f"cannot download {url}", lambda: self._transfer(url, sha256, sink, progress)
             )
             digest = await anyio.to_thread.run_sync(sink.finish)
-            if content.sha256_matches(digest):
+            if digest == sha256:
                 return
             if not sink.reused:
                 raise VerificationError(
-                    f"{url} has sha256 {digest} ({sink.size} bytes), but content.json says {content.sha256}"
+                    f"{url} has sha256 {digest} ({sink.size} bytes), but {says} says {sha256}"
                 )
             await anyio.to_thread.run_sync(sink.restart)  # the bytes found on disk were not this file's
 
-    async def _transfer(self, url: str, content: Content, sink: _Sink, progress: Progress | None) -> None:
+    async def _transfer(self, url: str, sha256: str, sink: _Sink, progress: Progress | None) -> None:
         """One request: append the rest of the file to ``sink``; return when the server says it is whole."""
         headers = {"Accept-Encoding": "identity"}
         if sink.size:
-            headers |= {"Range": f"bytes={sink.size}-", "If-Range": f'"{content.sha256}"'}
+            headers |= {"Range": f"bytes={sink.size}-", "If-Range": f'"{sha256}"'}
         start, total = sink.size, -1  # total -1: unknown
 
         def written(size: int) -> None:

@@ -36,6 +36,8 @@ class Job:
     to_version: str | None = None
     progress: int = 0
     error: str | None = None
+    downloaded: int = 0  # bytes downloaded for it (a delta's, or the zips')
+    delta: bool = False  # whether the package came as a delta rather than its zip
     log: list[str] = field(default_factory=list)
     created: float = field(default_factory=time.time)
     observer: JobObserver | None = field(default=None, repr=False, compare=False)
@@ -62,7 +64,8 @@ class Job:
         return {
             "id": self.id, "package": self.package, "action": self.action, "state": self.state,
             "step": self.step, "from_version": self.from_version, "to_version": self.to_version,
-            "progress": self.progress, "error": self.error, "log": list(self.log),
+            "progress": self.progress, "error": self.error, "downloaded": self.downloaded,
+            "delta": self.delta, "log": list(self.log),
         }  # fmt: skip
 
     @property

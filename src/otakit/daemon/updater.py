@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ from otakit.daemon.jobs import Job
 from otakit.daemon.journal import Journal, Swap, remove_tree, sibling
 from otakit.daemon.plan import choose, install_order, is_upgrade
 from otakit.daemon.unpack import inspect, unpack
-from otakit.errors import ConflictError, NotFoundError, TooLargeError, ValidationError
+from otakit.delta import DeltaError, apply_delta
+from otakit.errors import ConflictError, NotFoundError, OtakitError, TooLargeError, ValidationError
 from otakit.fsutil import write_atomically
 from otakit.signing import parse_public_key, verify_content
 from otakit.versions import parse_version
@@ -308,14 +310,110 @@ class Updater:
 
         job.step = "download"
         self.downloads.mkdir(parents=True, exist_ok=True)
+        if (
+            installed is not None
+            and self._delta_fits(installed, content, local)
+            and await self._install_delta(job, step, action, installed, recorded, local)
+        ):
+            return
         # Named by the sha256 too: a partial file of a since-replaced upload is never resumed.
         zip_path = self.downloads / f"{content.file_name}.{content.sha256.lower()[:16]}"
         await self.fetcher.download(content, zip_path, progress=_progress(job), remote=step.remote)
         try:
+            job.downloaded += zip_path.stat().st_size
             job.say(f"downloaded and verified {content.file_name}")
             await self._install_zip(job, zip_path, action, content, installed, recorded, local)
         finally:  # a finished download is never resumed: only a partial one is kept
             zip_path.unlink(missing_ok=True)
+
+    def _delta_fits(self, installed: Content, target: Content, local: Path) -> bool:
+        """Whether a delta may build ``target``: both versions carry a tree manifest (covered by the
+        signature when keys are trusted) and the installed files are where the new ones go."""
+        return (
+            _tree_sha256(installed) is not None
+            and _tree_sha256(target) is not None
+            and self.store.local_path(installed) == local
+            and local.is_dir()
+        )
+
+    async def _install_delta(
+        self, job: Job, step: Planned, action: str, installed: Content, recorded: Content, local: Path
+    ) -> bool:
+        """Build the new version in the staging folder from the installed files and the server's delta,
+        every file hashed as it is read and written, check the tree against the signed ``tree_sha256``,
+        then BeforeUpdate → swap → AfterUpdate as for a zip. False, with nothing changed, when there is
+        no delta or it does not build exactly that tree (a damaged delta, an installed file changed):
+        the caller then downloads the zip."""
+        content = step.content
+        expected = _tree_sha256(content)
+        assert expected is not None
+        delta = (
+            self.downloads
+            / f"{content.file_name}.from-{installed.version}.{content.sha256.lower()[:16]}.delta"
+        )
+        try:
+            size = await self.fetcher.download_delta(
+                installed, content, delta, _progress(job), remote=step.remote
+            )
+        except (OtakitError, OSError) as exc:
+            job.say(f"no delta from {installed.version} ({exc}); downloading the zip")
+            return False
+        if size is None:
+            job.say(f"the server has no delta from {installed.version}; downloading the zip")
+            return False
+        job.downloaded += size
+        job.say(f"downloaded the delta from {installed.version}: {size} bytes")
+        job.step = "install"
+        swap = await self._begin_swap(action, content.package, local, installed, recorded)
+        stage = sibling(local, "new")
+        try:
+            stage.mkdir()
+            stats = await anyio.to_thread.run_sync(apply_delta, delta, local, stage, expected)
+        except (DeltaError, OSError) as exc:
+            await anyio.to_thread.run_sync(remove_tree, stage)
+            await anyio.to_thread.run_sync(swap.finish)
+            job.say(f"the delta did not build {content.version} ({exc}); downloading the zip")
+            return False
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(remove_tree, stage)
+                await anyio.to_thread.run_sync(swap.finish)
+            raise
+        finally:
+            delta.unlink(missing_ok=True)
+        job.delta = True
+        job.say(
+            f"built {content.version} from the delta and the installed files ({stats});"
+            " its tree matches tree_sha256"
+        )
+
+        job.step = "BeforeUpdate"
+        try:
+            await self._hook(job, "BeforeUpdate", content.before_update, content, installed, local)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(remove_tree, stage)
+                await anyio.to_thread.run_sync(swap.finish)
+            raise
+        job.step = "install"
+        await self._swap_in(job, swap, content, installed, recorded, local)
+        return True
+
+    async def _begin_swap(
+        self, action: str, name: str, local: Path, installed: Content | None, recorded: Content
+    ) -> Swap:
+        """Journal the renames that put the staging folder in place, before the staging folder is made,
+        so that a daemon killed while filling it has it removed at the next start."""
+        stage, prev, trash = sibling(local, "new"), sibling(local, "prev"), sibling(local, "trash")
+        for leftover in (stage, trash):
+            await anyio.to_thread.run_sync(remove_tree, leftover)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        renames = [(prev, trash)] if prev.exists() else []
+        renames += [(local, prev)] if local.exists() else []
+        renames.append((stage, local))
+        return self.journal.begin(
+            action, name, local, installed.raw if installed else None, recorded.raw, renames
+        )
 
     async def _install_zip(
         self,
@@ -337,18 +435,8 @@ class Updater:
         await self._hook(job, "BeforeUpdate", content.before_update, content, installed, local)
 
         job.step = "install"
-        stage, prev, trash = sibling(local, "new"), sibling(local, "prev"), sibling(local, "trash")
-        for leftover in (stage, trash):
-            await anyio.to_thread.run_sync(remove_tree, leftover)
-        local.parent.mkdir(parents=True, exist_ok=True)
-        renames = [(prev, trash)] if prev.exists() else []
-        renames += [(local, prev)] if local.exists() else []
-        renames.append((stage, local))
-        # Journaled before the staging folder is made, so that a daemon killed while unpacking has its
-        # half-filled staging folder removed at the next start.
-        swap = self.journal.begin(
-            action, name, local, installed.raw if installed else None, recorded.raw, renames
-        )
+        swap = await self._begin_swap(action, name, local, installed, recorded)
+        stage = sibling(local, "new")
         try:
             files = await anyio.to_thread.run_sync(unpack, zip_path, stage)
         except BaseException:
@@ -356,6 +444,18 @@ class Updater:
             await anyio.to_thread.run_sync(swap.finish)
             raise
         job.say(f"unpacked {files} file(s)")
+        await self._swap_in(job, swap, content, installed, recorded, local)
+
+    async def _swap_in(
+        self,
+        job: Job,
+        swap: Swap,
+        content: Content,
+        installed: Content | None,
+        recorded: Content,
+        local: Path,
+    ) -> None:
+        """The filled staging folder in place, then AfterUpdate (rolling back when it fails) and record."""
         await anyio.to_thread.run_sync(swap.run)
 
         job.step = "AfterUpdate"
@@ -462,6 +562,11 @@ def _package_at_fault(exc: Exception, step: str) -> bool:
     if step in ("check", "resolve", "waiting"):
         return False
     return isinstance(exc, ValidationError | TooLargeError | HookError)
+
+
+def _tree_sha256(content: Content) -> str | None:
+    value = content.raw.get("tree_sha256")
+    return value.lower() if isinstance(value, str) and re.fullmatch(r"[0-9a-fA-F]{64}", value) else None
 
 
 def _progress(job: Job) -> Callable[[int, int | None], None]:

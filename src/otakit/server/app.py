@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -14,9 +14,11 @@ from fastapi.responses import Response
 import otakit
 from otakit.server.blobstore import open_blobstore
 from otakit.server.console import add_console
+from otakit.server.deltas import DeltaMaker
 from otakit.server.deps import State
 from otakit.server.inflight import InFlight
 from otakit.server.latest_cache import LatestCache, StampCache
+from otakit.server.metrics import Metrics
 from otakit.server.periodic import Periodic
 from otakit.server.publish import recover
 from otakit.server.repository import open_repository
@@ -30,6 +32,14 @@ from otakit.web import answer, install_error_handlers
 __all__ = ["create_app"]
 
 log = logging.getLogger("otakit.server")
+
+
+def _delta_counter(app: FastAPI) -> Callable[[str], None] | None:
+    """``otakit_deltas_total{result=…}`` of the app's metrics, when they are on."""
+    metrics: Metrics | None = getattr(app.state, "metrics", None)
+    if metrics is None:
+        return None
+    return lambda result: metrics.deltas.labels(result).inc()
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -64,6 +74,14 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                 LatestCache(max_age=max_age),
                 seen,
                 StampCache(max_entries=100_000, max_age=max_age),
+                DeltaMaker(
+                    repo,
+                    store,
+                    inflight,
+                    max_ratio=settings.delta_max_ratio,
+                    wait_seconds=settings.delta_wait_seconds,
+                    on_result=_delta_counter(app),
+                ),
                 console_secret=secret,
             )
 

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from otakit.errors import AuthError
 from otakit.server.blobstore import BlobStore
+from otakit.server.deltas import DeltaMaker
 from otakit.server.inflight import InFlight
 from otakit.server.latest_cache import LatestCache, StampCache
 from otakit.server.repository import Repository
@@ -46,6 +47,7 @@ class State:
     # The fleet's hot paths (device tokens, released rows, active rollouts, device views), under the
     # same stamp as ``latest``: every change that matters to them replaces it.
     cache: StampCache[object]
+    deltas: DeltaMaker
     # The web console's signing key (sessions, CSRF): a setting, or generated once into the database.
     console_secret: str = ""
 

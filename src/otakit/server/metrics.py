@@ -147,6 +147,12 @@ class Metrics:
             "package file bytes sent (/otafiles, Range included)",
             registry=self.registry,
         )
+        self.deltas = Counter(
+            "otakit_deltas",
+            "deltas this process made: kept (made) or not worth keeping (none)",
+            ["result"],
+            registry=self.registry,
+        )
         self.scrape_errors = Counter(
             "otakit_scrape_errors",
             "scrapes whose fleet gauges were left out (the database failed or was too slow)",

@@ -207,7 +207,8 @@ async def reconcile(repo: Repository, store: BlobStore, inflight: InFlight, entr
                 await layout.discard_link(name, branch, entry.upload_id)
                 if row is None or row.version != version:
                     await layout.unlink(name, branch, version)
-    if row is None or row.object_id != entry.upload_id:
+    kept = row is not None and row.object_id == entry.upload_id
+    if not kept and not await repo.deltas.references(entry.upload_id):  # a delta's object, once made
         await store.delete(entry.upload_id)
         await store.abort_unfinished(entry.upload_id)
     await inflight.end(entry.upload_id)
@@ -241,8 +242,8 @@ async def recover(
     """Finish or undo what dead processes left; safe while other live processes upload.
 
     Entries whose owner died on this host, or whose lease ran out, are reconciled. With ``sweep`` (at
-    start and in ``fsck``), objects no row and no entry names, and unfinished uploads no entry names,
-    are removed too.
+    start and in ``fsck``), deltas between files no version points at are dropped, and objects that no
+    version, delta or entry names, and unfinished uploads no entry names, are removed.
     """
     report = RecoveryReport()
     now = time.time()
@@ -268,7 +269,9 @@ async def recover(
         listed = [object_id async for object_id in store.object_ids()]
         unfinished = await store.unfinished()
         live = {entry.upload_id for entry in await repo.uploads.all()}
-        referenced = {object_id async for object_id in repo.object_ids()}
+        for delta in await repo.deltas.orphaned():  # between files no version points at any more
+            await repo.deltas.drop(delta.from_object, delta.to_object)
+        referenced = {object_id async for object_id in repo.object_ids()} | await repo.deltas.object_ids()
         for object_id in listed:
             if object_id not in referenced and object_id not in live:
                 await store.delete(object_id)

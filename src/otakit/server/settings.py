@@ -60,6 +60,18 @@ class ServerSettings(BaseSettings):
     download_url_seconds: int = Field(
         300, ge=1, le=7 * 86400, description="how long a redirect's presigned link is valid (seconds)"
     )
+    deltas_enabled: bool = Field(
+        True, description="answer GET /otadelta/…: deltas between versions that carry tree_sha256"
+    )
+    delta_max_ratio: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="a delta larger than this share of the new zip is not kept: devices download the zip",
+    )
+    delta_wait_seconds: float = Field(
+        120.0, ge=0, le=3600, description="how long a request waits for a delta being made before a 404"
+    )
     upload_lease_seconds: float = Field(
         60.0,
         ge=1,

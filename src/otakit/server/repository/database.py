@@ -8,6 +8,7 @@ from contextlib import AbstractAsyncContextManager
 from otakit.server.db import Driver
 from otakit.server.db.migrations import upgrade
 from otakit.server.repository.changes import Changes
+from otakit.server.repository.deltas import Deltas
 from otakit.server.repository.devices import Devices
 from otakit.server.repository.rollouts import Rollouts
 from otakit.server.repository.uploads import Uploads
@@ -32,6 +33,7 @@ class Repository:
         self.users = Users(driver)
         self.changes = Changes(driver)
         self.uploads = Uploads(driver)
+        self.deltas = Deltas(driver)
 
     def __repr__(self) -> str:
         return f"Repository({self.driver!r})"
