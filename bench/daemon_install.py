@@ -18,7 +18,10 @@ Prints seconds of each, the median ratio daemon/baseline (goal <= 1.5) and the d
 20 ms polling, so to within 20 ms).
 
     .venv/bin/python bench/daemon_install.py [--size-mb 200] [--files 4] [--rounds 5]
-                                             [--method deflated|stored]
+                                             [--method deflated|stored] [--sync]
+
+``--sync`` ends the baseline with ``sync`` (curl -o + unzip + sync: both sides have their files on the
+disk when they finish); the goal is then <= 1.0.
 """
 
 from __future__ import annotations
@@ -192,13 +195,15 @@ class Daemon:
                 self.process.wait(10)
 
 
-def baseline(url: str, work: Path) -> tuple[float, float]:
-    """(seconds of curl + unzip, seconds of the curl alone)."""
+def baseline(url: str, work: Path, *, sync: bool = False) -> tuple[float, float]:
+    """(seconds of curl + unzip (+ sync), seconds of the curl alone)."""
     zip_path, dest = work / "pkg.zip", work / "dest"
     start = time.perf_counter()
     subprocess.run(["curl", "-sS", "-f", "-o", str(zip_path), url], check=True)
     downloaded = time.perf_counter() - start
     subprocess.run(["unzip", "-q", "-o", str(zip_path), "-d", str(dest)], check=True)
+    if sync:  # what the daemon does too: its files are on the disk when the job succeeds
+        subprocess.run(["sync"], check=True)
     elapsed = time.perf_counter() - start
     zip_path.unlink()
     shutil.rmtree(dest)
@@ -213,6 +218,9 @@ def main() -> None:
         choices=["deflated", "stored"],
         default="deflated",
         help="zip compression (default deflated)",
+    )
+    parser.add_argument(
+        "--sync", action="store_true", help="the baseline ends with `sync`, as the daemon's fsyncs do"
     )
     args = parser.parse_args()
     for tool in ("curl", "unzip"):
@@ -244,7 +252,7 @@ def main() -> None:
 
                 for _ in range(args.warmup):
                     prepare()
-                    baseline(file_url, base_dir)
+                    baseline(file_url, base_dir, sync=args.sync)
                     prepare()
                     daemon.install(server.url, local)
                     daemon.remove()
@@ -254,7 +262,7 @@ def main() -> None:
                     for side in order:
                         prepare()
                         if side == "baseline":
-                            base_s, curl_s = baseline(file_url, base_dir)
+                            base_s, curl_s = baseline(file_url, base_dir, sync=args.sync)
                         else:
                             before = process_cpu_s(daemon.pid)
                             daemon_s, download_s = daemon.install(server.url, local)
@@ -294,7 +302,7 @@ def main() -> None:
         f"(download step {median([r[4] for r in rows]):.2f} s)"
     )
     print(
-        f"ratio daemon/baseline (median of rounds): {ratio:.2f}  {verdict(ratio, 1.5, higher_is_better=False)}"
+        f"ratio daemon/baseline (median of rounds): {ratio:.2f}  {verdict(ratio, 1.0 if args.sync else 1.5, higher_is_better=False)}"
     )
     print(
         f"daemon RSS: {rss_start:.0f} MiB after start, {rss_end:.0f} MiB at end, "

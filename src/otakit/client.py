@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import ssl
@@ -9,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -25,6 +27,7 @@ from otakit.errors import (
     VerificationError,
 )
 from otakit.filedigest import FileDigest
+from otakit.fsutil import write_all
 
 __all__ = ["ServerClient"]
 
@@ -213,6 +216,45 @@ class ServerClient:
         }
         listed: list[dict[str, Any]] = self._request("GET", "/getVersion", params=params)["list"]
         return listed
+
+    def download(self, content: Content, dest: Path) -> int:
+        """Stream ``content``'s zip (``/otafiles/<package>/<branch>/<file>``) into ``dest``, a new file
+        (FileExistsError if it exists), hashing it on the way; return its size.
+
+        A file whose sha256 is not the content's raises VerificationError. After any error ``dest`` is
+        deleted. Redirects (a server in ``redirect`` mode) are followed; nothing is retried.
+        """
+        segments = (content.package, content.branch, content.file_name)
+        path = "/otafiles/" + "/".join(quote(segment, safe="") for segment in segments)
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                digest, size = hashlib.sha256(), 0
+                with self._http.stream("GET", path, follow_redirects=True) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        self._answer(response)
+                        raise OtakitError(f"the server answered HTTP {response.status_code} for {path}")
+                    for piece in response.iter_bytes(_PIECE):
+                        digest.update(piece)
+                        write_all(fd, piece)
+                        size += len(piece)
+            finally:
+                os.close(fd)
+            if not content.sha256_matches(digest.hexdigest()):
+                raise VerificationError(
+                    f"{content.file_name} from {self.base_url} does not match its content.json: its sha256"
+                    f" is {digest.hexdigest()}, content.json says {content.sha256}"
+                )
+        except httpx.TransportError as exc:
+            dest.unlink(missing_ok=True)
+            raise UnavailableError(
+                f"cannot download {content.file_name} from {self.base_url}: {exc or type(exc).__name__}"
+            ) from None
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+        return size
 
     def upload(
         self,

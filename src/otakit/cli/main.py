@@ -8,6 +8,7 @@ import typer
 
 import otakit
 from otakit.cli import fleet
+from otakit.cli.bundle import bundle_app
 from otakit.cli.errors import set_debug
 from otakit.cli.publish import register
 from otakit.cli.server import db_app, server_app
@@ -20,6 +21,7 @@ register(app)
 app.add_typer(server_app, name="server")
 app.add_typer(db_app, name="db")
 app.add_typer(user_app, name="user")
+app.add_typer(bundle_app, name="bundle")
 fleet.register(app)
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hmac
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,10 +17,11 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import otakit
+from otakit.bundle import open_bundle
 from otakit.daemon.plan import is_upgrade
 from otakit.daemon.service import Daemon
 from otakit.daemon.updater import InstallRequest
-from otakit.errors import NotFoundError
+from otakit.errors import NotFoundError, TooLargeError, ValidationError
 from otakit.names import check_name
 from otakit.web import answer, install_error_handlers
 
@@ -56,6 +60,7 @@ class TokenGuard:
 
 
 DaemonDep = Annotated[Daemon, Depends(_daemon)]
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
 router = APIRouter()
 
 
@@ -135,6 +140,44 @@ async def rollback(name: str, daemon: DaemonDep) -> Response:
 @router.delete("/packages/{name}", status_code=202, summary="Remove a package's files and record")
 async def remove(name: str, daemon: DaemonDep) -> Response:
     return answer(202, job=daemon.start_remove(_name(name)).to_json())
+
+
+@router.post(
+    "/bundles",
+    status_code=202,
+    summary="Install an offline bundle (the .otabundle file as the body)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def bundles(request: Request, daemon: DaemonDep) -> Response:
+    """The body is streamed to ``state_dir/bundles`` (at most ``max_download_bytes``) and checked as a
+    bundle (400 when it is not one, before any job); the job then installs its packages in order with
+    the checks of an online install."""
+    folder = daemon.updater.bundles
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{uuid.uuid4().hex}.otabundle"
+    limit = daemon.store.config.max_download_bytes
+    try:
+        size = 0
+        async with await anyio.open_file(path, "xb") as out:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise TooLargeError(
+                        f"the bundle is larger than the limit of {limit} bytes (max_download_bytes)"
+                    )
+                await out.write(chunk)
+        if size == 0:
+            raise ValidationError("send the bundle file as the request body")
+        bundle = await anyio.to_thread.run_sync(open_bundle, path)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return answer(202, job=daemon.start_bundle(bundle).to_json())
 
 
 @router.post("/check", status_code=202, summary="Check every package's server now")

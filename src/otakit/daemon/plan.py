@@ -13,6 +13,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from otakit.content import Content
+from otakit.dependencies import install_order
 from otakit.errors import ValidationError
 
 __all__ = ["Entry", "check_entries", "check_member", "choose", "install_order", "is_upgrade", "member_kind"]
@@ -30,31 +31,6 @@ def choose(spec: SpecifierSet, candidates: Iterable[Content]) -> Content | None:
         by_version.setdefault(content.parsed_version, content)
     allowed = list(spec.filter(by_version))
     return by_version[max(allowed)] if allowed else None
-
-
-def install_order(root: str, requires: Mapping[str, Iterable[str]]) -> list[str]:
-    """Packages reachable from ``root``, each after everything it requires (``root`` last).
-
-    ``requires[name]`` lists the packages ``name`` needs installed first. A cycle is an error.
-    """
-    order: list[str] = []
-    state: dict[str, str] = {}  # "visiting" or "done"
-
-    def visit(name: str, path: list[str]) -> None:
-        if state.get(name) == "done":
-            return
-        if state.get(name) == "visiting":
-            cycle = [*path[path.index(name) :], name]
-            raise ValidationError(f"dependency cycle: {' -> '.join(cycle)}")
-        state[name] = "visiting"
-        for needed in sorted(requires.get(name, ())):
-            if needed != name:
-                visit(needed, [*path, name])
-        state[name] = "done"
-        order.append(name)
-
-    visit(root, [])
-    return order
 
 
 def member_kind(info: zipfile.ZipInfo) -> str:

@@ -8,10 +8,11 @@ import logging
 import random
 from pathlib import Path
 
+from otakit.bundle import Bundle
 from otakit.content import Content
 from otakit.daemon.config_store import ConfigStore
 from otakit.daemon.fetch import Fetcher
-from otakit.daemon.jobs import Job, JobRegistry
+from otakit.daemon.jobs import Action, Job, JobRegistry
 from otakit.daemon.plan import is_upgrade
 from otakit.daemon.registry import FleetClient
 from otakit.daemon.updater import InstallRequest, Updater
@@ -21,6 +22,11 @@ from otakit.versions import parse_version
 __all__ = ["Daemon"]
 
 log = logging.getLogger("otakit.daemon")
+
+
+def _discard(bundle: Bundle) -> None:
+    bundle.close()
+    bundle.path.unlink(missing_ok=True)
 
 
 class Daemon:
@@ -103,6 +109,24 @@ class Daemon:
     def start_remove(self, name: str) -> Job:
         self.updater.installed(name)
         return self.jobs.start(name, "remove", lambda job: self.updater.remove(job, name))
+
+    def start_bundle(self, bundle: Bundle) -> Job:
+        """Install an opened offline bundle in a job of its last package; the job closes the bundle and
+        deletes its file when it ends (and so does a refusal here)."""
+        try:
+            target = bundle.packages[-1].content
+            action: Action = "update" if self.store.config.installed(target.package) else "install"
+
+            async def work(job: Job) -> None:
+                try:
+                    await self.updater.install_bundle(job, bundle)
+                finally:
+                    _discard(bundle)
+
+            return self.jobs.start(target.package, action, work)
+        except BaseException:
+            _discard(bundle)
+            raise
 
     def start_check(self) -> Job:
         return self.jobs.start(None, "check", self._check)

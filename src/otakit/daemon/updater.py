@@ -21,6 +21,7 @@ from pathlib import Path
 import anyio.to_thread
 from packaging.specifiers import SpecifierSet
 
+from otakit.bundle import Bundle, BundledPackage
 from otakit.content import Content, parse_content
 from otakit.daemon.config_store import ConfigStore
 from otakit.daemon.failures import FailedVersions
@@ -80,6 +81,7 @@ class Updater:
         state = store.state_dir
         self.journal = Journal(state / "journal")
         self.downloads = state / "downloads"
+        self.bundles = state / "bundles"  # bundles received through the API, until their job ends
         self.previous = state / "previous"
         self.failed = FailedVersions(state / "failed.json")
 
@@ -134,6 +136,88 @@ class Updater:
     async def remove(self, job: Job, name: str) -> None:
         async with self._exclusive(job):
             await self._remove(job, name)
+
+    async def install_bundle(self, job: Job, bundle: Bundle) -> None:
+        """Install what an offline bundle holds, in its order, with the checks of an online install.
+
+        Before anything changes: every package's signature (with ``trusted_keys``), no downgrade of an
+        installed package, every requirement met by the bundle or the device, every folder allowed.
+        Then every zip needed comes out of the bundle, its sha256 checked, before any hook runs; and each
+        package is installed as a downloaded zip is: inspect → BeforeUpdate → swap → AfterUpdate (rolled
+        back when it fails) → record, journaled. The caller closes ``bundle``.
+        """
+        listed = bundle.packages
+        target = listed[-1].content
+        now = self.store.config.installed(target.package)
+        job.from_version, job.to_version = (now.version if now else None), target.version
+        job.step = "verify"
+        plan: list[tuple[BundledPackage, Planned]] = []  # what is not installed at its version already
+        have: dict[str, Content] = {}
+        for item in listed:
+            content = item.content
+            self.verify(content)
+            installed = self.store.config.installed(content.package)
+            if installed is not None and content.parsed_version < installed.parsed_version:
+                raise ValidationError(
+                    f"the bundle's {content.package} {content.version} would downgrade the installed "
+                    f"{installed.version}; refusing"
+                )
+            for name, spec in content.requirements.items():
+                found = have.get(name) or self.store.config.installed(name)
+                if name != content.package and (
+                    found is None or not spec.contains(found.parsed_version, prereleases=True)
+                ):
+                    raise ValidationError(
+                        f"{content.package} {content.version} needs {name}{spec or ''}, which neither the "
+                        "bundle nor the device has"
+                    )
+            have[content.package] = content
+            if installed is not None and installed.parsed_version == content.parsed_version:
+                continue
+            planned = Planned(
+                content,
+                installed.remote if installed else content.remote,
+                installed.local if installed else content.local,
+            )
+            self.store.check_local(content.package, planned.local)
+            plan.append((item, planned))
+        if self.trusted:
+            job.say(f"{len(listed)} package(s) in the bundle, every signature verified")
+        async with self._exclusive(job):
+            if not plan:
+                job.say("everything in the bundle is installed already; nothing to do")
+                return
+            # Every zip out of the bundle, its sha256 checked, before any package's hooks run.
+            job.step = "extract"
+            self.downloads.mkdir(parents=True, exist_ok=True)
+            zips = [
+                self.downloads / f"{item.file}.bundle-{item.content.sha256.lower()[:16]}" for item, _ in plan
+            ]
+            try:
+                for (item, _), zip_path in zip(plan, zips, strict=True):
+                    zip_path.unlink(missing_ok=True)
+                    await anyio.to_thread.run_sync(bundle.extract, item, zip_path)
+                    job.say(f"extracted and verified {item.file}")
+                for (_, planned), zip_path in zip(plan, zips, strict=True):
+                    await self._install_from_bundle(job, planned, zip_path)
+            finally:
+                for zip_path in zips:
+                    zip_path.unlink(missing_ok=True)
+
+    async def _install_from_bundle(self, job: Job, planned: Planned, zip_path: Path) -> None:
+        content = planned.content
+        installed = self.store.config.installed(content.package)
+        if installed is not None and installed.parsed_version >= content.parsed_version:
+            job.say(f"{content.package} {installed.version} is installed already; skipping")
+            return
+        action = "update" if installed else "install"
+        recorded = planned.recorded()
+        local = self.store.local_path(recorded)
+        job.say(
+            f"{action} {content.package} {installed.version if installed else '(none)'} -> "
+            f"{content.version} at {local}, from the bundle"
+        )
+        await self._install_zip(job, zip_path, action, content, installed, recorded, local)
 
     async def _rollback(self, job: Job, name: str) -> None:
         installed = self.installed(name)
@@ -316,6 +400,7 @@ class Updater:
             and await self._install_delta(job, step, action, installed, recorded, local)
         ):
             return
+        job.step = "download"
         # Named by the sha256 too: a partial file of a since-replaced upload is never resumed.
         zip_path = self.downloads / f"{content.file_name}.{content.sha256.lower()[:16]}"
         await self.fetcher.download(content, zip_path, progress=_progress(job), remote=step.remote)
@@ -347,6 +432,7 @@ class Updater:
         content = step.content
         expected = _tree_sha256(content)
         assert expected is not None
+        job.step = "delta"
         delta = (
             self.downloads
             / f"{content.file_name}.from-{installed.version}.{content.sha256.lower()[:16]}.delta"
@@ -363,7 +449,6 @@ class Updater:
             return False
         job.downloaded += size
         job.say(f"downloaded the delta from {installed.version}: {size} bytes")
-        job.step = "install"
         swap = await self._begin_swap(action, content.package, local, installed, recorded)
         stage = sibling(local, "new")
         try:
@@ -383,7 +468,8 @@ class Updater:
             delta.unlink(missing_ok=True)
         job.delta = True
         job.say(
-            f"built {content.version} from the delta and the installed files ({stats});"
+            f"built {content.version} from the delta and the installed files ({stats.copied} file(s)"
+            f" copied, {stats.patched} patched, {stats.new} new);"
             " its tree matches tree_sha256"
         )
 
