@@ -10,6 +10,7 @@ from pathlib import Path
 
 from otakit.bundle import Bundle
 from otakit.content import Content
+from otakit.daemon.bundles import install_bundle
 from otakit.daemon.config_store import ConfigStore
 from otakit.daemon.fetch import Fetcher
 from otakit.daemon.jobs import Action, Job, JobRegistry
@@ -119,7 +120,7 @@ class Daemon:
 
             async def work(job: Job) -> None:
                 try:
-                    await self.updater.install_bundle(job, bundle)
+                    await install_bundle(self.updater, job, bundle)
                 finally:
                     _discard(bundle)
 
