@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -78,8 +77,11 @@ class _Sink:
         self.reused = False
 
     def finish(self) -> str:
+        """Flush what was written and return the sha256 of the whole file. Not fsynced: a downloaded
+        file is a step on the way (what is installed from it is fsynced before it is swapped in), and
+        one that a crash damages is resumed and checked against its sha256 like any other, so its bytes
+        need never reach the disk; deleted soon after, they mostly never do."""
         self.file.flush()
-        os.fsync(self.file.fileno())
         return self.hash.hexdigest()
 
     def close(self) -> None:
@@ -200,7 +202,8 @@ class Fetcher:
         ``content.sha256`` and it began with such bytes, it is fetched once more from zero; otherwise
         ``dest`` is deleted and VerificationError raised. ``dest`` is deleted on TooLargeError too; after
         a DownloadError it keeps what arrived, so calling again resumes. On return ``dest`` holds exactly
-        the file, flushed and fsynced. ``progress`` is called after every chunk written.
+        the file, flushed (not fsynced: see ``_Sink.finish``). ``progress`` is called after every chunk
+        written.
         """
         base = _base_url(remote if remote is not None else content.remote)
         segments = (content.package, content.branch, content.file_name)
