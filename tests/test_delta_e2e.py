@@ -100,7 +100,8 @@ def test_a_one_byte_change_arrives_as_a_delta_of_a_few_kb(
         again = client.get(f"/otadelta/{pkg}/major/1.0/1.1")
         assert again.status_code == 200
         assert len(again.content) == size
-        assert client.get(f"/otadelta/{pkg}/major/1.1/1.0").status_code == 200  # downgrades too
+        assert client.get(f"/otadelta/{pkg}/major/1.1/1.0").status_code == 404  # upgrades only
+        assert client.get(f"/otadelta/{pkg}/major/1.1/1.1").status_code == 404
         assert client.get(f"/otadelta/{pkg}/major/1.0/9.9").status_code == 404
         assert client.get(f"/otadelta/{pkg}/major/..%2F/1.1").status_code in (400, 404)
 

@@ -81,6 +81,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                     max_ratio=settings.delta_max_ratio,
                     wait_seconds=settings.delta_wait_seconds,
                     on_result=_delta_counter(app),
+                    concurrency=settings.delta_concurrency,
                 ),
                 console_secret=secret,
             )

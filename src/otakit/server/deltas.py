@@ -59,6 +59,7 @@ class DeltaMaker:
         wait_seconds: float,
         work_dir: Path | None = None,
         on_result: Callable[[str], None] | None = None,
+        concurrency: int = 1,
     ) -> None:
         self.repo = repo
         self.store = store
@@ -67,13 +68,16 @@ class DeltaMaker:
         self.wait_seconds = wait_seconds
         self.work_dir = work_dir
         self._making: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # Making a delta is CPU and disk work that anyone who can download may ask for: this process
+        # makes ``concurrency`` at a time, and the others wait their turn (their rows stay leased).
+        self._slots = asyncio.Semaphore(concurrency)
         self._on_result = on_result  # told "made" or "none" after each delta this process made
 
     async def find(self, old: VersionRow, new: VersionRow) -> DeltaRow | None:
         """The ready delta from ``old``'s file to ``new``'s, made now if nobody has; ``None`` when there
         is none to have (no tree manifests, not worth it, or not made within ``wait_seconds``)."""
-        if not (has_tree(old) and has_tree(new)) or old.object_id == new.object_id:
-            return None
+        if not (has_tree(old) and has_tree(new)) or new.version_key <= old.version_key:
+            return None  # upgrades only: a device goes back to the version it kept, never by delta
         pair = (old.object_id, new.object_id)
         deadline = time.monotonic() + self.wait_seconds
         while True:
@@ -112,7 +116,8 @@ class DeltaMaker:
         pair = (old.object_id, new.object_id)
         renewing = asyncio.create_task(self._renew(pair))
         try:
-            await self._make_and_store(old, new)
+            async with self._slots:
+                await self._make_and_store(old, new)
         except Exception as exc:
             log.warning("the delta %s %s -> %s was not made: %s", new.name, old.version, new.version, exc)
             # Let the next request try again; if even that fails, the lease runs out and one takes over.

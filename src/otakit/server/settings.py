@@ -69,6 +69,9 @@ class ServerSettings(BaseSettings):
         le=1,
         description="a delta larger than this share of the new zip is not kept: devices download the zip",
     )
+    delta_concurrency: int = Field(
+        1, ge=1, le=64, description="deltas one server process makes at once (the others wait their turn)"
+    )
     delta_wait_seconds: float = Field(
         120.0, ge=0, le=3600, description="how long a request waits for a delta being made before a 404"
     )
