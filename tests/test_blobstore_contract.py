@@ -29,7 +29,7 @@ import anyio
 import httpx
 import pytest
 
-from otakit.errors import UnavailableError, ValidationError
+from otakit.errors import TooLargeError, UnavailableError, ValidationError
 from otakit.server.blobstore import (
     BlobStore,
     LocalBlobStore,
@@ -37,6 +37,7 @@ from otakit.server.blobstore import (
     S3BlobStore,
     s3_store_from_url,
 )
+from otakit.server.blobstore import s3 as s3_module
 from otakit.server.blobstore.s3 import MIN_PART_SIZE
 from tests.s3_server import S3Server, run_weed
 from tests.servers import free_port
@@ -594,9 +595,31 @@ def _rss() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+async def test_an_upload_past_s3s_part_limit_is_too_large_and_leaves_nothing(
+    s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(s3_module, "MAX_PARTS", 2)
+    store = S3BlobStore(
+        s3_server.bucket, f"parts-{secrets.token_hex(4)}", part_size=PART, **s3_server.settings()
+    )
+    try:
+        object_id = oid()
+        incoming = await store.begin(object_id)
+        for _ in range(2):
+            await incoming.write(bytes(PART))  # two parts: the most S3 takes here
+        with pytest.raises(TooLargeError, match=f"at most {2 * PART} bytes"):
+            await incoming.write(bytes(PART))
+        await incoming.abort()
+        assert await store.unfinished() == []
+        assert await ids(store) == set()
+    finally:
+        await store.close()
+
+
 @pytest.mark.slow
 async def test_a_large_upload_keeps_memory_flat(s3_server: S3Server) -> None:
-    """256 MiB in 4 MiB blocks through 8 MiB parts: the process grows by far less than 64 MiB.
+    """256 MiB in 4 MiB blocks through the default 5 MiB parts (two in flight): the process grows by far
+    less than 64 MiB.
 
     Measured twice: the resident set sampled during the upload (which memory freed by earlier tests can
     hide), and tracemalloc's peak of what Python allocated during it (which C buffers can hide).
