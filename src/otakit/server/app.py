@@ -58,7 +58,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                 log.info("database migrations applied: %s", ", ".join(applied))
             await store.ping()
             report = await recover(repo, store, inflight)
-            if report.journals or report.objects or report.incoming:
+            if report.uploads or report.objects or report.incoming:
                 log.warning("%s", report)
             secret = settings.console_secret or await repo.users.secret(
                 "console", lambda: secrets.token_urlsafe(48)
@@ -92,7 +92,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
             async def recover_expired() -> None:
                 report = await recover(repo, store, inflight, sweep=False)
-                if report.journals:
+                if report.uploads:
                     log.warning("%s", report)
 
             background = [

@@ -216,13 +216,13 @@ async def reconcile(repo: Repository, store: BlobStore, inflight: InFlight, entr
 
 @dataclass(slots=True)
 class RecoveryReport:
-    journals: int = 0
+    uploads: int = 0
     objects: int = 0
     incoming: int = 0
 
     def __str__(self) -> str:
         return (
-            f"recovered {self.journals} interrupted upload(s), removed {self.objects} orphan object(s) "
+            f"recovered {self.uploads} interrupted upload(s), removed {self.objects} orphan object(s) "
             f"and {self.incoming} partial upload(s)"
         )
 
@@ -261,7 +261,7 @@ async def recover(
         except BaseException:
             inflight.abandon(entry.upload_id)
             raise
-        report.journals += 1
+        report.uploads += 1
     if sweep:
         # Order matters: what the store holds is listed first, then the uploads in flight, then the
         # committed rows. An object or unfinished upload that is in no entry and no row at that point
@@ -280,6 +280,6 @@ async def recover(
             if object_id not in live:
                 await store.abort_unfinished(object_id)
                 report.incoming += 1
-    if report.journals:
+    if report.uploads:
         await repo.changes.bump()
     return report
