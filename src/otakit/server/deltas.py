@@ -25,10 +25,11 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from otakit.delta import make_delta
+from otakit.delta import DeltaStats, make_delta
 from otakit.errors import OtakitError, UnavailableError
-from otakit.server.blobstore import BlobStore
+from otakit.server.blobstore import BlobStore, IncomingBlob
 from otakit.server.inflight import InFlight
+from otakit.server.publish import begin_upload, discard
 from otakit.server.repository import Repository, VersionRow
 from otakit.server.repository.deltas import DeltaRow
 
@@ -150,56 +151,50 @@ class DeltaMaker:
             await self._fetch(new.object_id, new_zip)
             started = time.monotonic()
 
-            def make() -> int:
+            def make() -> DeltaStats:
                 with open(delta, "wb") as out:
-                    stats = make_delta(
+                    return make_delta(
                         old_zip,
                         new_zip,
                         out,
                         from_tree_sha256=old.content_json["tree_sha256"],
                         to_tree_sha256=new.content_json["tree_sha256"],
                     )
-                return stats.size
 
             try:
-                size = await anyio.to_thread.run_sync(make)
+                stats = await anyio.to_thread.run_sync(make)
             except (OtakitError, zipfile.BadZipFile, zlib.error) as exc:  # the files, not the moment
                 log.warning("no delta %s %s -> %s: %s", new.name, old.version, new.version, exc)
                 await self.repo.deltas.finish(*pair, owner)
                 self._count("none")
                 return
             await self.repo.deltas.renew(*pair, owner, self.inflight.lease_until())
-            zip_size = new.size if new.size is not None else new_zip.stat().st_size
             took = time.monotonic() - started
-            if size > self.max_ratio * zip_size:
+            if not stats.worthwhile(self.max_ratio):
                 log.info(
                     "no delta %s %s -> %s: %d bytes against a zip of %d (made in %.1f s)",
-                    new.name, old.version, new.version, size, zip_size, took,
+                    new.name, old.version, new.version, stats.size, stats.new_zip_size, took,
                 )  # fmt: skip
                 await self.repo.deltas.finish(*pair, owner)
                 self._count("none")
                 return
-            upload_id = await self.inflight.begin()
+            incoming = await begin_upload(self.store, self.inflight)
             try:
-                sha256 = await self._store(delta, upload_id)
-                if not await self.repo.deltas.finish(
-                    *pair, owner, object_id=upload_id, size=size, sha256=sha256
-                ):
-                    await self.store.delete(upload_id)  # taken over meanwhile: the other maker's stands
+                sha256 = await self._write(delta, incoming)
+                kept = await self.repo.deltas.finish(
+                    *pair, owner, object_id=incoming.object_id, size=stats.size, sha256=sha256
+                )
             except BaseException:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await self.store.delete(upload_id)
-                        await self.store.abort_unfinished(upload_id)
-                        await self.inflight.end(upload_id)
-                    except Exception:
-                        self.inflight.abandon(upload_id)  # recovery deletes it
+                await discard(self.store, self.inflight, incoming)  # recovery deletes what it cannot
                 raise
-            await self.inflight.end(upload_id)
+            if not kept:  # taken over meanwhile: the other maker's delta stands
+                await discard(self.store, self.inflight, incoming)
+                return
+            await self.inflight.end(incoming.object_id)
             self._count("made")
             log.info(
                 "made the delta %s %s -> %s: %d bytes against a zip of %d, in %.1f s",
-                new.name, old.version, new.version, size, zip_size, took,
+                new.name, old.version, new.version, stats.size, stats.new_zip_size, took,
             )  # fmt: skip
 
     async def _fetch(self, object_id: str, path: Path) -> None:
@@ -212,18 +207,13 @@ class DeltaMaker:
         finally:
             await reader.aclose()
 
-    async def _store(self, path: Path, object_id: str) -> str:
-        """Store the file at ``path`` as the object ``object_id``; its sha256."""
+    @staticmethod
+    async def _write(path: Path, incoming: IncomingBlob) -> str:
+        """Write the file at ``path`` into ``incoming`` and complete it; its sha256."""
         digest = hashlib.sha256()
-        incoming = await self.store.begin(object_id)
-        try:
-            async with await anyio.open_file(path, "rb") as source:
-                while chunk := await source.read(_CHUNK):
-                    await anyio.to_thread.run_sync(digest.update, chunk)
-                    await incoming.write(chunk)
-            await incoming.complete()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await incoming.abort()
-            raise
+        async with await anyio.open_file(path, "rb") as source:
+            while chunk := await source.read(_CHUNK):
+                await anyio.to_thread.run_sync(digest.update, chunk)
+                await incoming.write(chunk)
+        await incoming.complete()
         return digest.hexdigest()

@@ -38,7 +38,16 @@ from otakit.server.repository import Repository, VersionKey, VersionRow
 from otakit.server.repository.uploads import UploadEntry
 from otakit.versions import version_key
 
-__all__ = ["RecoveryReport", "discard", "publish", "reconcile", "recover", "unpublish", "version_exists"]
+__all__ = [
+    "RecoveryReport",
+    "begin_upload",
+    "discard",
+    "publish",
+    "reconcile",
+    "recover",
+    "unpublish",
+    "version_exists",
+]
 
 log = logging.getLogger("otakit.server")
 
@@ -50,6 +59,17 @@ def version_exists(content: Content, existing: VersionRow | None) -> ConflictErr
         f"{content.package} {shown} on branch {content.branch} exists already; "
         "upload with force=1 to replace it"
     )
+
+
+async def begin_upload(store: BlobStore, inflight: InFlight) -> IncomingBlob:
+    """A new object's upload, its entry recorded before a byte is stored (and ended again when the
+    store refuses to begin it). ``discard`` drops it, or ``publish`` commits it."""
+    upload_id = await inflight.begin()
+    try:
+        return await store.begin(upload_id)
+    except BaseException:
+        await inflight.end(upload_id)
+        raise
 
 
 async def publish(

@@ -21,7 +21,7 @@ from otakit.server.blobstore import BlobStore, IncomingBlob
 from otakit.server.deps import InFlightDep, PublisherDep, RepoDep, SettingsDep, StoreDep
 from otakit.server.inflight import InFlight
 from otakit.server.metrics import count_received
-from otakit.server.publish import discard, publish, version_exists
+from otakit.server.publish import begin_upload, discard, publish, version_exists
 from otakit.server.receive import receive_upload
 from otakit.server.repository import Repository, VersionKey
 from otakit.server.settings import ServerSettings
@@ -100,12 +100,7 @@ async def receive_version(
 
     async def new_incoming() -> IncomingBlob:
         nonlocal incoming
-        upload_id = await inflight.begin()  # recorded before a byte is stored
-        try:
-            incoming = await store.begin(upload_id)
-        except BaseException:
-            await inflight.end(upload_id)
-            raise
+        incoming = await begin_upload(store, inflight)
         return incoming
 
     async def on_content(text: bytes) -> None:
