@@ -24,7 +24,6 @@ The database is dropped at the end, the processes stopped, the temp dir removed.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import secrets
 import signal
@@ -36,21 +35,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import pymysql
 
+from _cluster import cluster_run
 from _common import add_mysql_option, add_wrk_options, median, print_table, temp_dir, verdict, wrk
 from metrics import counted
-from otakit.server.db.urls import mysql_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))  # as deploy/cluster/run.py does
-from supervise import Children, StepError, child_env, port_is_free, run, say, wait_for
-
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
-_spec = importlib.util.spec_from_file_location("cluster_run", DEPLOY / "cluster" / "run.py")
-assert _spec
-assert _spec.loader
-cluster_run = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cluster_run)
+from supervise import Children, StepError, child_env, mysql_connect, port_is_free, run, say, wait_for
 
 SPREAD_GOAL = 5.0  # latest_cache_seconds' default
 SPREAD_TIMEOUT = 10.0
@@ -58,16 +49,8 @@ SIDES = ("1 server", "2 servers")
 
 
 def drop_database(mysql_url: str, name: str) -> None:
-    params = mysql_params(urlsplit(mysql_url)._replace(path=f"/{name}").geturl())
-    connection = pymysql.connect(
-        host=params["host"],
-        port=params["port"],
-        user=params["user"],
-        password=params["password"],
-        autocommit=True,
-        connect_timeout=5,
-    )
-    with closing(connection), connection.cursor() as cursor:
+    url = urlsplit(mysql_url)._replace(path=f"/{name}").geturl()
+    with closing(mysql_connect(url, database=False)) as connection, connection.cursor() as cursor:
         cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
 
 

@@ -23,7 +23,6 @@ shares the S3 server's database and bucket.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import secrets
 import signal
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import httpx
 
+from _cluster import cluster_run
 from _common import (
     TOKEN,
     MiB,
@@ -53,13 +53,6 @@ from _common import (
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))  # as deploy/cluster/run.py does
 from seaweed import S3Access, find_weed, grpc_sockets, wait_until_ready, weed_command, weed_ports
 from supervise import Children, StepError, child_env, free_port, otakit_argv, run, say, wait_for
-
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
-_spec = importlib.util.spec_from_file_location("cluster_run", DEPLOY / "cluster" / "run.py")
-assert _spec
-assert _spec.loader
-cluster_run = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cluster_run)
 
 UPLOAD_GOAL = 0.7
 RSS_GOAL_MB = 200.0

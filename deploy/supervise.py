@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
+import pymysql
+
+from otakit.server.db.urls import mysql_params
 
 __all__ = [
     "Child",
@@ -29,6 +32,7 @@ __all__ = [
     "box",
     "child_env",
     "free_port",
+    "mysql_connect",
     "otakit_argv",
     "port_is_free",
     "prepare_folder",
@@ -172,6 +176,23 @@ def wait_for(what: str, probe: Callable[[], T | None], children: Children, timeo
         if time.monotonic() > deadline:
             raise StepError(f"{what}: not within {timeout:g} s")
         time.sleep(0.1)
+
+
+def mysql_connect(url: str, *, database: bool = True) -> pymysql.connections.Connection:
+    """A plain, autocommitting pymysql connection for ``url`` (to its database, or to none)."""
+    params = mysql_params(url)
+    extra = {"unix_socket": params["unix_socket"]} if "unix_socket" in params else {}
+    return pymysql.connect(
+        host=params["host"],
+        port=params["port"],
+        user=params["user"],
+        password=params["password"],
+        database=params["db"] if database else None,
+        charset="utf8mb4",
+        connect_timeout=5,
+        autocommit=True,
+        **extra,
+    )
 
 
 def otakit_argv() -> list[str]:

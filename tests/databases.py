@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -19,29 +20,13 @@ from urllib.parse import quote, urlsplit
 import pymysql
 import pytest
 
-from otakit.server.db.urls import mysql_params
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))  # what make cluster uses too
+from supervise import mysql_connect
 
 __all__ = ["BACKENDS", "MySQLServer", "database_url", "mysql_connect", "mysql_database", "reachable_mysql"]
 
 BACKENDS = ["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)]
 DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
-
-
-def mysql_connect(url: str, *, database: bool = True) -> pymysql.connections.Connection:
-    """A plain, autocommitting pymysql connection for ``url`` (to its database, or to none)."""
-    params = mysql_params(url)
-    extra = {"unix_socket": params["unix_socket"]} if "unix_socket" in params else {}
-    return pymysql.connect(
-        host=params["host"],
-        port=params["port"],
-        user=params["user"],
-        password=params["password"],
-        database=params["db"] if database else None,
-        charset="utf8mb4",
-        connect_timeout=5,
-        autocommit=True,
-        **extra,
-    )
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from supervise import (
     StepError,
     box,
     child_env,
+    mysql_connect,
     otakit_argv,
     port_is_free,
     prepare_folder,
@@ -220,22 +221,6 @@ class Cluster:
             OTAKIT_LOG_LEVEL="warning",
         )
 
-    def mysql(self, *, database: bool) -> pymysql.connections.Connection:
-        """An autocommitting connection to the MySQL server, in the cluster's database or in none."""
-        params = mysql_params(self.database_url)
-        extra = {"unix_socket": params["unix_socket"]} if "unix_socket" in params else {}
-        return pymysql.connect(
-            host=params["host"],
-            port=params["port"],
-            user=params["user"],
-            password=params["password"],
-            database=params["db"] if database else None,
-            charset="utf8mb4",
-            connect_timeout=5,
-            autocommit=True,
-            **extra,
-        )
-
     # 1
     def create_database(self) -> None:
         try:
@@ -245,7 +230,7 @@ class Cluster:
         where = f"{params['host']}:{params['port']}"
         say(f"[1/{self.steps}] creating the database {self.database} on {where} (dropped first if it exists)")
         try:
-            connection = self.mysql(database=False)
+            connection = mysql_connect(self.database_url, database=False)
             with closing(connection), connection.cursor() as cursor:
                 cursor.execute(f"DROP DATABASE IF EXISTS `{self.database}`")
                 cursor.execute(f"CREATE DATABASE `{self.database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
@@ -489,7 +474,7 @@ class Cluster:
             unfinished = client.list_multipart_uploads(Bucket=self.s3.bucket, Prefix="cluster/")
         finally:
             client.close()
-        with closing(self.mysql(database=True)) as connection, connection.cursor() as cursor:
+        with closing(mysql_connect(self.database_url)) as connection, connection.cursor() as cursor:
             cursor.execute("SELECT object_id FROM ota")
             rows = {str(object_id) for (object_id,) in cursor.fetchall()}
         if objects != rows or unfinished.get("Uploads"):
