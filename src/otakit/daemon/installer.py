@@ -160,11 +160,17 @@ class Installer:
         try:
             files = await anyio.to_thread.run_sync(unpack, zip_path, stage)
         except BaseException:
-            await anyio.to_thread.run_sync(remove_tree, stage)
-            await anyio.to_thread.run_sync(swap.finish)
+            await self._abandon(swap)
             raise
         job.say(f"unpacked {files} file(s)")
         await self._swap_in(job, swap, content, installed, recorded, local)
+
+    async def _abandon(self, swap: Swap) -> None:
+        """Give up ``swap`` before its renames ran: its staging folder removed, its journal entry
+        ended (also when the job is being cancelled)."""
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(remove_tree, sibling(swap.local, "new"))
+            await anyio.to_thread.run_sync(swap.finish)
 
     async def _swap_in(
         self,

@@ -287,14 +287,11 @@ class Updater(Installer):
             stage.mkdir()
             stats = await anyio.to_thread.run_sync(apply_delta, delta, local, stage, expected)
         except (DeltaError, OSError) as exc:
-            await anyio.to_thread.run_sync(remove_tree, stage)
-            await anyio.to_thread.run_sync(swap.finish)
+            await self._abandon(swap)
             job.say(f"the delta did not build {content.version} ({exc}); downloading the zip")
             return False
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(remove_tree, stage)
-                await anyio.to_thread.run_sync(swap.finish)
+            await self._abandon(swap)
             raise
         finally:
             delta.unlink(missing_ok=True)
@@ -309,9 +306,7 @@ class Updater(Installer):
         try:
             await self._hook(job, "BeforeUpdate", content.before_update, content, installed, local)
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(remove_tree, stage)
-                await anyio.to_thread.run_sync(swap.finish)
+            await self._abandon(swap)
             raise
         job.step = "install"
         await self._swap_in(job, swap, content, installed, recorded, local)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -18,13 +16,7 @@ class BlobResponse(StreamingResponse):
 
     def __init__(self, reader: BlobReader, *, status_code: int, headers: dict[str, str]) -> None:
         self._reader = reader
-        super().__init__(
-            self._chunks(), status_code=status_code, headers=headers, media_type="application/zip"
-        )
-
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._reader:
-            yield chunk
+        super().__init__(reader, status_code=status_code, headers=headers, media_type="application/zip")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
